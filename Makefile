@@ -1,0 +1,30 @@
+# Two commands for a new checkout: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 4001
+
+.PHONY: run test lint bench clean
+
+$(BIN)/activate:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/activate
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+## run: start a server on ws://localhost:$(PORT) that anyone can sign in to by name (a demo)
+run: $(VENV)/.installed
+	$(BIN)/twistd --nodaemon --pidfile= chatserver --port $(PORT) --dev-auth
+
+## test: lint, then the whole suite
+test: $(VENV)/.installed lint
+	$(BIN)/pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests twisted examples
+	$(BIN)/ruff format --check src tests twisted examples
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info twisted/plugins/dropin.cache

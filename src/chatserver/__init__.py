@@ -1,0 +1,37 @@
+"""chatserver: a storage-agnostic WebSocket chat server for Twisted.
+
+It speaks node-chat-server's protocol, so the ``chat-client`` browser package
+works against it unchanged.
+"""
+
+from chatserver.errors import ChatError, ConnectionRefused
+from chatserver.events import SOCKET_AUTHORIZED, SOCKET_CLOSED, SOCKET_CONNECTED
+from chatserver.factory import ChatServerFactory
+from chatserver.handlers import ChatHandler
+from chatserver.interfaces import IAuthorizer, IChatStorage, IGroupDirectory, IMessageStore
+from chatserver.protocol import ChatServerProtocol
+from chatserver.registry import ConnectionRegistry
+from chatserver.storage.combined import CombinedStorage
+from chatserver.storage.devauth import ClaimedIdAuthorizer
+from chatserver.storage.memory import MemoryStorage
+
+__version__ = "0.1.0.dev0"
+
+__all__ = [
+    "SOCKET_AUTHORIZED",
+    "SOCKET_CLOSED",
+    "SOCKET_CONNECTED",
+    "ChatError",
+    "ChatHandler",
+    "ChatServerFactory",
+    "ChatServerProtocol",
+    "ClaimedIdAuthorizer",
+    "CombinedStorage",
+    "ConnectionRefused",
+    "ConnectionRegistry",
+    "IAuthorizer",
+    "IChatStorage",
+    "IGroupDirectory",
+    "IMessageStore",
+    "MemoryStorage",
+]

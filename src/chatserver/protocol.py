@@ -1,0 +1,140 @@
+"""The network layer: one WebSocket connection, frames in and replies out."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from autobahn.twisted.websocket import WebSocketServerProtocol
+from autobahn.util import encode_truncate
+from autobahn.websocket.types import ConnectionRequest
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatserver import errors
+from chatserver.errors import ChatError, ConnectionRefused
+from chatserver.wire import decode, error_reply, reply
+
+if TYPE_CHECKING:
+    from chatserver.factory import ChatServerFactory
+
+MAX_REQUEST_ID_LENGTH = 128
+MAX_ACTION_LENGTH = 128
+# Ids a JavaScript client can match: integers within Number's exact range.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def _valid_request_id(value: object) -> bool:
+    if isinstance(value, str):
+        return len(value) <= MAX_REQUEST_ID_LENGTH
+    return type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+
+
+class ChatServerProtocol(WebSocketServerProtocol):
+    """Parses each frame into a request, hands it to the factory's handler,
+    and sends exactly one reply (or closes the connection with a code).
+
+    @ivar user: the authorized user object, or C{None} before ``authorize``.
+    @ivar user_id: the user's id as a string, or C{None}.
+    @ivar closed: whether the connection has closed.
+    """
+
+    factory: ChatServerFactory
+    log = Logger()
+
+    user: dict | None = None
+    user_id: str | None = None
+    closed = False
+    opened = False
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        self.request = request
+
+    def onOpen(self) -> None:
+        self.opened = True
+        self.factory.connection_opened(self)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self.closed = True
+        self.factory.connection_closed(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            self._binary_frame(payload)
+            return
+        try:
+            frame = decode(payload)
+        except ValueError:
+            self.close(errors.CLOSE_INVALID_PAYLOAD, "frames must be JSON objects")
+            return
+        if type(frame) is not dict:
+            self.close(errors.CLOSE_INVALID_PAYLOAD, "frames must be JSON objects")
+            return
+        request_id = frame.get("id")
+        if not _valid_request_id(request_id):
+            self._send_error(None, errors.INVALID_ID, "id must be an integer or a short string")
+            return
+        action = frame.get("type")
+        if type(action) is not str or not 0 < len(action) <= MAX_ACTION_LENGTH:
+            self._send_error(request_id, errors.INVALID_REQUEST, "type must name an action")
+            return
+        data = frame.get("data")
+        if data is None:
+            data = {}
+        d = self.factory.handler.handle(self, action, data)
+        if self.factory.verbose:
+            d.addBoth(self._log_request, action, request_id)
+        d.addCallbacks(self._send_reply, self._send_failure, (request_id,), None, (request_id,))
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake with any close code, e.g. 1008.
+
+        Autobahn's C{sendClose} only takes 1000 and 3000-4999, but a server
+        must also say 1003, 1007, 1008 or 1009 where RFC 6455 asks for them.
+        """
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
+
+    def _binary_frame(self, payload: bytes) -> None:
+        # Answer by id when the frame is JSON that carries one; else close.
+        try:
+            frame = decode(payload)
+        except ValueError:
+            frame = None
+        if type(frame) is dict and _valid_request_id(frame.get("id")):
+            self._send_error(frame["id"], errors.INVALID_REQUEST, "binary frames are not supported")
+        else:
+            self.close(errors.CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
+
+    def _send_reply(self, data: object, request_id: object) -> None:
+        if not self.closed:
+            self.sendMessage(reply(request_id, data))
+
+    def _send_failure(self, failure: Failure, request_id: object) -> None:
+        error = failure.value
+        if isinstance(error, ConnectionRefused):
+            self.close(error.close_code, error.message)
+            return
+        if isinstance(error, ChatError):
+            self._send_error(request_id, error.code, error.message)
+            return
+        self.log.failure("request failed unexpectedly", failure)
+        self._send_error(request_id, errors.INTERNAL_ERROR, "internal error")
+
+    def _send_error(self, request_id: object, code: str, message: str) -> None:
+        if not self.closed:
+            self.sendMessage(error_reply(request_id, code, message))
+
+    def _log_request(self, result: Any, action: str, request_id: object) -> Any:
+        outcome = "ok"
+        if isinstance(result, Failure):
+            error = result.value
+            outcome = getattr(error, "code", type(error).__name__)
+        self.log.info(
+            "{peer} user={user} {action} id={id} -> {outcome}",
+            peer=self.peer,
+            user=self.user_id,
+            action=action,
+            id=request_id,
+            outcome=outcome,
+        )
+        return result

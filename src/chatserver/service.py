@@ -1,0 +1,59 @@
+"""Build the running server, as a Twisted service, from parsed options."""
+
+from __future__ import annotations
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet import reactor as global_reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from chatserver.factory import ChatServerFactory
+from chatserver.options import Options
+from chatserver.storage.combined import CombinedStorage
+from chatserver.storage.devauth import ClaimedIdAuthorizer
+from chatserver.storage.loader import load_actions, load_storage
+
+log = Logger()
+
+
+def make_service(options: Options, reactor: object = None) -> MultiService:
+    """A service that opens the storage (if it is a service) and listens.
+
+    @raise usage.UsageError: when an option names something unusable.
+    """
+    reactor = reactor or global_reactor
+    try:
+        storage = load_storage(options["storage"])
+        actions = load_actions(options["actions"]) if options["actions"] else None
+        open_actions = load_actions(options["open-actions"]) if options["open-actions"] else None
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from e
+
+    top = MultiService()
+    if IService.providedBy(storage):
+        storage.setServiceParent(top)
+    log.info("storage: {storage}", storage=options["storage"])
+    if options["dev-auth"]:
+        log.warn(
+            "INSECURE: --dev-auth is on; anyone can sign in as any user. "
+            "Never expose this server to people you do not trust."
+        )
+        storage = CombinedStorage(ClaimedIdAuthorizer(), storage, storage)
+
+    factory = ChatServerFactory(
+        storage,
+        actions=actions,
+        open_actions=open_actions,
+        verbose=options["verbose"],
+        max_history=options["max-history"],
+        reactor=reactor,
+    )
+    endpoint = serverFromString(reactor, options.endpoint_description())
+    listener = StreamServerEndpointService(endpoint, factory)
+    # Fail start-up loudly if the port is taken, rather than log and idle.
+    listener._raiseSynchronously = True
+    listener.setServiceParent(top)
+    top.factory = factory  # type: ignore[attr-defined]
+    return top
