@@ -14,6 +14,7 @@ from twisted.internet.endpoints import serverFromString
 
 from chatserver import ChatServerFactory, MemoryStorage
 from chatserver.client import ChatClientProtocol, connect
+from chatserver.limits import Limits
 
 USERS = ("alice", "bob", "carol", "dave")
 GROUPS = {"team": ["alice", "bob", "carol"]}
@@ -64,6 +65,8 @@ async def stop_server(server: RunningServer) -> None:
 @pytest.fixture
 def make_factory() -> Callable[..., ChatServerFactory]:
     def make(storage: Any = None, **kwargs: Any) -> ChatServerFactory:
+        # Tests send far faster than people type: rate limits are tested on their own.
+        kwargs.setdefault("limits", Limits(rate=0))
         return ChatServerFactory(storage if storage is not None else demo_storage(), **kwargs)
 
     return make

@@ -13,11 +13,11 @@ from chatserver.client import RequestFailed
 from tests.conftest import demo_storage
 
 
-async def assert_others_still_chat(server) -> None:
-    alice = await server.login("alice")
-    bob = await server.login("bob")
-    stored = await alice.send({"to": "bob", "text": "still here"})
-    assert (await bob.next_push("chatMessage"))["_id"] == stored["_id"]
+async def assert_others_still_chat(server, sender: str = "alice", to: str = "bob") -> None:
+    one = await server.login(sender)
+    other = await server.login(to)
+    stored = await one.send({"to": to, "text": "still here"})
+    assert (await other.next_push("chatMessage"))["_id"] == stored["_id"]
 
 
 async def raw_reply(client, payload: bytes, is_binary: bool = False) -> dict:

@@ -9,6 +9,7 @@ from chatserver.events import SOCKET_AUTHORIZED, SOCKET_CLOSED, SOCKET_CONNECTED
 from chatserver.factory import ChatServerFactory
 from chatserver.handlers import ChatHandler
 from chatserver.interfaces import IAuthorizer, IChatStorage, IGroupDirectory, IMessageStore
+from chatserver.limits import Limits
 from chatserver.protocol import ChatServerProtocol
 from chatserver.registry import ConnectionRegistry
 from chatserver.storage.combined import CombinedStorage
@@ -33,5 +34,6 @@ __all__ = [
     "IChatStorage",
     "IGroupDirectory",
     "IMessageStore",
+    "Limits",
     "MemoryStorage",
 ]

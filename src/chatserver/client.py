@@ -175,14 +175,22 @@ class _ClientFactory(WebSocketClientFactory):
 
 
 def connect(
-    url: str, reactor: Any = None, timeout: float = DEFAULT_TIMEOUT, **headers: str
+    url: str,
+    reactor: Any = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    headers: dict[str, str] | None = None,
+    tls: Any = None,
 ) -> Deferred:
     """Open a connection to a chat server.
 
+    @param headers: extra handshake headers, e.g. C{{"Origin": ...}}.
+    @param tls: for ``wss://``, the client TLS options (e.g. from
+        C{twisted.internet.ssl.optionsForClientTLS}); the default verifies
+        the server against the system's trust roots.
     @return: a Deferred firing with a L{ChatClientProtocol} once the
         WebSocket is open.
     """
     reactor = reactor or global_reactor
-    factory = _ClientFactory(url, reactor, headers=headers or None)
-    connectWS(factory, timeout=timeout)
+    factory = _ClientFactory(url, reactor, headers=headers)
+    connectWS(factory, contextFactory=tls, timeout=timeout)
     return factory.opened.addTimeout(timeout, reactor)

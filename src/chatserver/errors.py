@@ -43,6 +43,9 @@ NOT_FOUND = "notFound"
 STORAGE_ERROR = "storageError"
 ACTION_FAILED = "actionFailed"
 INTERNAL_ERROR = "internalError"
+RATE_LIMITED = "rateLimited"
+TOO_LARGE = "tooLarge"
+STORAGE_TIMEOUT = "storageTimeout"
 
 # WebSocket close codes (RFC 6455, section 7.4.1).
 CLOSE_GOING_AWAY = 1001

@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from chatserver.errors import CLOSE_GOING_AWAY
 from chatserver.events import SOCKET_CLOSED, SOCKET_CONNECTED, EventEmitter, Listener
 from chatserver.handlers import Action, ChatHandler
 from chatserver.interfaces import IChatStorage
+from chatserver.limits import Limits
 from chatserver.protocol import ChatServerProtocol
 from chatserver.registry import ConnectionRegistry
 from chatserver.wire import push
 
-DEFAULT_MAX_MESSAGE_BYTES = 1024 * 1024
+
+def _with_port(origin: str) -> str:
+    """C{https://chat.example.com} → C{https://chat.example.com:443}: Autobahn
+    matches origins with their port."""
+    scheme, sep, rest = origin.partition("://")
+    if not sep or rest.rsplit(":", 1)[-1].isdigit() or rest == "*":
+        return origin
+    return f"{origin}:{ {'https': 443, 'http': 80}.get(scheme, 80) }"
 
 
 class ChatServerFactory(WebSocketServerFactory):
@@ -42,9 +53,10 @@ class ChatServerFactory(WebSocketServerFactory):
         *,
         actions: Mapping[str, Action] | None = None,
         open_actions: Mapping[str, Action] | None = None,
+        limits: Limits | None = None,
+        allowed_origins: Sequence[str] | None = None,
         verbose: bool = False,
         max_history: int = 100,
-        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         reactor: IReactorTime | None = None,
     ) -> None:
         """
@@ -54,9 +66,12 @@ class ChatServerFactory(WebSocketServerFactory):
         @param actions: custom actions, C{name → action(connection, data)},
             returning a value or a Deferred; C{connection.user} is the user.
         @param open_actions: custom actions allowed before ``authorize``.
+        @param limits: the L{Limits} to enforce (the defaults if C{None}).
+        @param allowed_origins: origins (patterns such as
+            C{https://*.example.com}) whose pages may connect; C{None} allows
+            any. Clients that send no Origin header (not browsers) always may.
         @param verbose: log each request (never its data).
         @param max_history: the cap on ``getMessages``'s ``limit``.
-        @param max_message_bytes: the largest frame a client may send.
         """
         if not IChatStorage.providedBy(storage):
             raise TypeError(
@@ -65,9 +80,12 @@ class ChatServerFactory(WebSocketServerFactory):
             )
         super().__init__(url, reactor=reactor)
         self.storage = storage
+        self.limits = limits = limits or Limits()
         self.verbose = verbose
         self.events = EventEmitter()
         self.registry = ConnectionRegistry(self.prepareMessage)
+        self.connections: set[ChatServerProtocol] = set()
+        self._in_flight: set[Deferred] = set()
         self.handler = ChatHandler(
             storage,
             self.registry,
@@ -77,10 +95,18 @@ class ChatServerFactory(WebSocketServerFactory):
             actions=actions,
             open_actions=open_actions,
             max_history=max_history,
+            storage_timeout=limits.storage_timeout,
+            max_connections_per_user=limits.max_connections_per_user,
         )
         self.setProtocolOptions(
-            maxFramePayloadSize=max_message_bytes,
-            maxMessagePayloadSize=max_message_bytes,
+            maxFramePayloadSize=limits.max_frame_bytes,
+            maxMessagePayloadSize=limits.max_frame_bytes,
+            maxConnections=limits.max_connections,
+            allowedOrigins=[_with_port(o) for o in allowed_origins] if allowed_origins else ["*"],
+            # A sandboxed or file:// page says "null": only trust it when anyone may connect.
+            allowNullOrigin=not allowed_origins,
+            # Say why with a close code (1002, 1007, 1009...) rather than hang up.
+            failByDrop=False,
         )
 
     # -- server API --------------------------------------------------------
@@ -119,6 +145,7 @@ class ChatServerFactory(WebSocketServerFactory):
 
     def connection_opened(self, connection: ChatServerProtocol) -> None:
         """A WebSocket handshake has completed."""
+        self.connections.add(connection)
         self.events.emit(SOCKET_CONNECTED, connection)
 
     def connection_closed(self, connection: ChatServerProtocol) -> None:
@@ -126,4 +153,53 @@ class ChatServerFactory(WebSocketServerFactory):
         if connection.user_id is not None:
             self.registry.remove(connection.user_id, connection)
         if connection.opened:
+            self.connections.discard(connection)
             self.events.emit(SOCKET_CLOSED, connection)
+
+    def track(self, request: Deferred) -> None:
+        """Remember a request still waiting on storage, so that a shutdown
+        can let it finish."""
+        self._in_flight.add(request)
+        request.addBoth(self._untrack, request)
+
+    def _untrack(self, result: object, request: Deferred) -> object:
+        self._in_flight.discard(request)
+        return result
+
+    def shutdown(self) -> Deferred:
+        """Stop serving, gently: read no more requests, let the ones in
+        flight finish and send their replies, then close every connection
+        with 1001 "going away".
+
+        Each of the two waits lasts at most C{limits.shutdown_timeout}
+        seconds; connections still open after that are dropped.
+
+        @return: a Deferred that fires when every connection is gone.
+        """
+        return Deferred.fromCoroutine(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        for connection in self.connections:
+            connection.transport.pauseProducing()
+        if self._in_flight:
+            self.log.info("waiting for {n} requests", n=len(self._in_flight))
+            await self._bounded(list(self._in_flight))
+        closing = [c.is_closed for c in self.connections]
+        for connection in tuple(self.connections):
+            connection.close(CLOSE_GOING_AWAY, "server shutting down")
+            # Read again, for the client's half of the closing handshake.
+            connection.transport.resumeProducing()
+        await self._bounded(closing)
+        for connection in tuple(self.connections):
+            connection.dropConnection(abort=True)
+        if self._in_flight:
+            self.log.warn("stopped with {n} requests unfinished", n=len(self._in_flight))
+
+    async def _bounded(self, waits: list[Deferred]) -> None:
+        done = DeferredList(waits, consumeErrors=True)
+        if self.limits.shutdown_timeout:
+            done.addTimeout(self.limits.shutdown_timeout, self.reactor)
+        try:
+            await done
+        except defer.TimeoutError:
+            pass

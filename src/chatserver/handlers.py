@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -37,6 +37,9 @@ class Connection(Protocol):
     user: dict | None
     user_id: str | None
     closed: bool
+
+    def authorized(self) -> None:
+        """Called once the connection has a user."""
 
 
 def _as_id(value: object) -> str | None:
@@ -74,6 +77,8 @@ class ChatHandler:
         actions: Mapping[str, Action] | None = None,
         open_actions: Mapping[str, Action] | None = None,
         max_history: int = 100,
+        storage_timeout: float = 0,
+        max_connections_per_user: int = 0,
     ) -> None:
         """
         @param deliver: pushes an encoded frame to users, wherever they are
@@ -82,6 +87,10 @@ class ChatHandler:
             for authorized connections.
         @param open_actions: custom actions that may run before ``authorize``.
         @param max_history: the largest ``limit`` honoured by ``getMessages``.
+        @param storage_timeout: seconds before a storage call counts as failed
+            (0: wait forever).
+        @param max_connections_per_user: how many connections one user may
+            hold at once (0: any number).
         """
         self._registry = registry
         self._deliver = deliver
@@ -89,6 +98,8 @@ class ChatHandler:
         self._clock = clock
         self._timestamps = Timestamps()
         self.max_history = max_history
+        self.storage_timeout = storage_timeout
+        self.max_connections_per_user = max_connections_per_user
         # Bound once: storage methods are looked up per request on the hot path.
         self._authorize = storage.authorize
         self._create = storage.create
@@ -145,11 +156,21 @@ class ChatHandler:
     def _storage_failed(self, failure: Failure, operation: str) -> Failure:
         if failure.check(ChatError):
             return failure
+        if failure.check(TimeoutError, CancelledError):
+            self.log.error(
+                "storage {operation} took over {timeout}s",
+                operation=operation,
+                timeout=self.storage_timeout,
+            )
+            return Failure(ChatError(errors.STORAGE_TIMEOUT, "storage did not answer in time"))
         self.log.failure("storage {operation} failed", failure, operation=operation)
         return Failure(ChatError(errors.STORAGE_ERROR, "storage is unavailable, try again"))
 
     def _storage(self, method: Callable[..., object], *args: object) -> Deferred:
-        return maybeDeferred(method, *args).addErrback(self._storage_failed, method.__name__)
+        d = maybeDeferred(method, *args)
+        if not d.called and self.storage_timeout:
+            d.addTimeout(self.storage_timeout, self._clock)
+        return d.addErrback(self._storage_failed, method.__name__)
 
     # -- built-in actions --------------------------------------------------
 
@@ -172,10 +193,19 @@ class ChatHandler:
         if connection.closed:
             # Gone while storage answered: registering it would leak it.
             return user
+        user_id = str(user_id)
+        limit = self.max_connections_per_user
+        if (
+            limit
+            and user_id != connection.user_id
+            and len(self._registry.connections(user_id)) >= limit
+        ):
+            raise ConnectionRefused(1008, f"too many connections for this user (max {limit})")
         if connection.user_id is not None:
             self._registry.remove(connection.user_id, connection)
+        connection.authorized()
         connection.user = user
-        connection.user_id = str(user_id)
+        connection.user_id = user_id
         self._registry.add(connection.user_id, connection)
         self._events.emit(SOCKET_AUTHORIZED, connection)
         return user

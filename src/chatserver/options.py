@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 from twisted.python import usage
 
+from chatserver.limits import Limits
 from chatserver.storage.loader import DEFAULT_STORAGE
 
 DEFAULT_PORT = 8080
 # Room for thousands of clients connecting at once (the OS caps it at somaxconn).
 LISTEN_BACKLOG = 4096
+
+
+LIMIT_HELP = {
+    "max_frame_bytes": "Largest message a client may send; larger closes with 1009",
+    "max_request_bytes": "Largest request answered; larger gets error tooLarge",
+    "authorize_timeout": "Seconds to authorize before the connection is closed with 1008",
+    "rate": "Requests per second allowed per connection, sustained",
+    "burst": "Requests a connection may send at once above --rate",
+    "max_strikes": "Rate-limited requests after which the connection is closed",
+    "max_connections": "Open connections in total; more are refused with HTTP 503",
+    "max_connections_per_user": "Open connections per user; more are closed with 1008",
+    "max_buffered_bytes": "Bytes queued for a client that stopped reading before it is dropped",
+    "storage_timeout": "Seconds a storage call may take before the request fails",
+    "shutdown_timeout": "Seconds a stopping server waits for requests and closes",
+}
 
 
 class Options(usage.Options):
@@ -41,6 +59,24 @@ class Options(usage.Options):
             "Custom actions allowed before authorize: package.module:mapping.",
         ],
         ["max-history", None, 100, "Largest `limit` honoured by getMessages.", int],
+        [
+            "allowed-origins",
+            None,
+            None,
+            "Comma-separated origins whose web pages may connect, e.g. "
+            "https://chat.example.com,https://*.example.com (default: any).",
+        ],
+    ]
+    # One option per limit, named after it: --max-frame-bytes, --rate, ...
+    optParameters += [
+        [
+            f.name.replace("_", "-"),
+            None,
+            f.default,
+            LIMIT_HELP[f.name] + " (0: no limit).",
+            type(f.default),
+        ]
+        for f in fields(Limits)
     ]
     optFlags = [
         ["verbose", "v", "Log every request (action, user, outcome; never its content)."],
@@ -62,3 +98,11 @@ class Options(usage.Options):
             raise usage.UsageError("--port must be between 0 and 65535")
         if self["max-history"] < 1:
             raise usage.UsageError("--max-history must be at least 1")
+        try:
+            self.limits = Limits(**{f.name: self[f.name.replace("_", "-")] for f in fields(Limits)})
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from e
+        origins = self["allowed-origins"]
+        self.allowed_origins = (
+            [o.strip() for o in origins.split(",") if o.strip()] if origins else None
+        )

@@ -6,12 +6,16 @@ from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.util import encode_truncate
+from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from chatserver import errors
 from chatserver.errors import ChatError, ConnectionRefused
+from chatserver.limits import TokenBucket
 from chatserver.wire import decode, error_reply, reply
 
 if TYPE_CHECKING:
@@ -27,6 +31,24 @@ def _valid_request_id(value: object) -> bool:
     if isinstance(value, str):
         return len(value) <= MAX_REQUEST_ID_LENGTH
     return type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+
+
+@implementer(IPushProducer)
+class _WriteWatch:
+    """Told by the transport when a client stops reading (its buffer is full)
+    and when it catches up; meanwhile we stop reading from it too."""
+
+    def __init__(self, connection: ChatServerProtocol) -> None:
+        self.connection = connection
+
+    def pauseProducing(self) -> None:
+        self.connection.writes_paused(True)
+
+    def resumeProducing(self) -> None:
+        self.connection.writes_paused(False)
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class ChatServerProtocol(WebSocketServerProtocol):
@@ -45,17 +67,46 @@ class ChatServerProtocol(WebSocketServerProtocol):
     user_id: str | None = None
     closed = False
     opened = False
+    _bucket: TokenBucket | None = None
+    _strikes = 0
+    _authorize_timer: IDelayedCall | None = None
+    _paused = False
+    _queued_while_paused = 0
 
     def onConnect(self, request: ConnectionRequest) -> None:
         self.request = request
 
     def onOpen(self) -> None:
         self.opened = True
+        limits = self.factory.limits
+        clock = self.factory.reactor
+        if limits.rate:
+            self._bucket = TokenBucket(limits.rate, limits.burst, clock.seconds())
+        if limits.authorize_timeout:
+            self._authorize_timer = clock.callLater(
+                limits.authorize_timeout, self._authorize_timed_out
+            )
+        if limits.max_buffered_bytes:
+            self.transport.registerProducer(_WriteWatch(self), True)
         self.factory.connection_opened(self)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self.closed = True
+        self.authorized()
         self.factory.connection_closed(self)
+
+    def authorized(self) -> None:
+        """The connection has a user now (or is gone): stop its deadline."""
+        timer, self._authorize_timer = self._authorize_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _authorize_timed_out(self) -> None:
+        self._authorize_timer = None
+        if self.user is None:
+            self.close(errors.CLOSE_POLICY_VIOLATION, "authorize timeout")
+
+    # -- incoming ----------------------------------------------------------
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if isBinary:
@@ -71,7 +122,17 @@ class ChatServerProtocol(WebSocketServerProtocol):
             return
         request_id = frame.get("id")
         if not _valid_request_id(request_id):
+            request_id = None
+        # Every frame counts against the rate, well-formed or not.
+        if self._bucket is not None and not self._within_rate():
+            self._send_error(request_id, errors.RATE_LIMITED, "too many requests, slow down")
+            return
+        if request_id is None:
             self._send_error(None, errors.INVALID_ID, "id must be an integer or a short string")
+            return
+        limit = self.factory.limits.max_request_bytes
+        if limit and len(payload) > limit:
+            self._send_error(request_id, errors.TOO_LARGE, f"requests are limited to {limit} bytes")
             return
         action = frame.get("type")
         if type(action) is not str or not 0 < len(action) <= MAX_ACTION_LENGTH:
@@ -81,18 +142,22 @@ class ChatServerProtocol(WebSocketServerProtocol):
         if data is None:
             data = {}
         d = self.factory.handler.handle(self, action, data)
+        if not d.called:
+            self.factory.track(d)
         if self.factory.verbose:
             d.addBoth(self._log_request, action, request_id)
         d.addCallbacks(self._send_reply, self._send_failure, (request_id,), None, (request_id,))
 
-    def close(self, code: int, reason: str) -> None:
-        """Start the closing handshake with any close code, e.g. 1008.
-
-        Autobahn's C{sendClose} only takes 1000 and 3000-4999, but a server
-        must also say 1003, 1007, 1008 or 1009 where RFC 6455 asks for them.
-        """
-        if self.state == self.STATE_OPEN:
-            self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
+    def _within_rate(self) -> bool:
+        if self._bucket.take(self.factory.reactor.seconds()):
+            if self._strikes:
+                self._strikes -= 1
+            return True
+        self._strikes += 1
+        if self._strikes >= self.factory.limits.max_strikes:
+            self.log.warn("closing {peer}: rate limit exceeded", peer=self.peer)
+            self.close(errors.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+        return False
 
     def _binary_frame(self, payload: bytes) -> None:
         # Answer by id when the frame is JSON that carries one; else close.
@@ -105,8 +170,51 @@ class ChatServerProtocol(WebSocketServerProtocol):
         else:
             self.close(errors.CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
 
+    # -- outgoing ----------------------------------------------------------
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake with any close code, e.g. 1008.
+
+        Autobahn's C{sendClose} only takes 1000 and 3000-4999, but a server
+        must also say 1001, 1003, 1007, 1008 or 1009 where RFC 6455 asks.
+        """
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
+
+    def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
+        if self._paused:
+            # The client stopped reading; bound what we queue for it.
+            self._queued_while_paused += len(preparedMsg.payloadHybi)
+            if self._queued_while_paused > self.factory.limits.max_buffered_bytes:
+                self.log.warn(
+                    "dropping {peer} (user {user}): it stopped reading and "
+                    "{queued} bytes are waiting for it",
+                    peer=self.peer,
+                    user=self.user_id,
+                    queued=self._queued_while_paused,
+                )
+                self._paused = False
+                self.dropConnection(abort=True)
+                return
+        super().sendPreparedMessage(preparedMsg)
+
+    def writes_paused(self, paused: bool) -> None:
+        """The transport's write buffer filled up (or drained)."""
+        if paused == self._paused:
+            return  # Twisted repeats the pause on every write while full
+        self._paused = paused
+        self._queued_while_paused = 0
+        if self.closed:
+            return
+        # Backpressure: read nothing more from a client that reads nothing.
+        if paused:
+            self.transport.pauseProducing()
+        else:
+            self.transport.resumeProducing()
+
     def _send_reply(self, data: object, request_id: object) -> None:
-        if not self.closed:
+        # Closing (or closed): Autobahn refuses to send, and the client is leaving.
+        if self.state == self.STATE_OPEN:
             self.sendMessage(reply(request_id, data))
 
     def _send_failure(self, failure: Failure, request_id: object) -> None:
@@ -121,7 +229,7 @@ class ChatServerProtocol(WebSocketServerProtocol):
         self._send_error(request_id, errors.INTERNAL_ERROR, "internal error")
 
     def _send_error(self, request_id: object, code: str, message: str) -> None:
-        if not self.closed:
+        if self.state == self.STATE_OPEN:
             self.sendMessage(error_reply(request_id, code, message))
 
     def _log_request(self, result: Any, action: str, request_id: object) -> Any:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet import reactor as global_reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
@@ -18,8 +19,44 @@ from chatserver.storage.loader import load_actions, load_storage
 log = Logger()
 
 
+class InOrderService(MultiService):
+    """Starts its children in order and stops them one at a time in reverse,
+    each waiting for the one stopped before it (MultiService stops them all at
+    once, which would close the storage under in-flight requests)."""
+
+    async def _stop_in_order(self) -> None:
+        for child in reversed(list(self)):
+            await Deferred.fromCoroutine(_maybe(child.stopService()))
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_in_order())
+
+
+async def _maybe(result: object) -> None:
+    if isinstance(result, Deferred):
+        await result
+
+
+class DrainService(Service):
+    """On stop, says goodbye to every client (1001) and lets in-flight
+    requests finish, within the shutdown timeout."""
+
+    def __init__(self, factory: ChatServerFactory) -> None:
+        self.factory = factory
+
+    def stopService(self) -> Deferred:
+        Service.stopService(self)
+        log.info(
+            "closing {n} connections",
+            n=len(self.factory.connections),
+        )
+        return self.factory.shutdown()
+
+
 def make_service(options: Options, reactor: object = None) -> MultiService:
-    """A service that opens the storage (if it is a service) and listens.
+    """A service that opens the storage (if it is a service), listens, and on
+    stop closes the listener, then the connections, then the storage.
 
     @raise usage.UsageError: when an option names something unusable.
     """
@@ -31,7 +68,7 @@ def make_service(options: Options, reactor: object = None) -> MultiService:
     except ValueError as e:
         raise usage.UsageError(str(e)) from e
 
-    top = MultiService()
+    top = InOrderService()
     if IService.providedBy(storage):
         storage.setServiceParent(top)
     log.info("storage: {storage}", storage=options["storage"])
@@ -46,10 +83,13 @@ def make_service(options: Options, reactor: object = None) -> MultiService:
         storage,
         actions=actions,
         open_actions=open_actions,
+        limits=options.limits,
+        allowed_origins=options.allowed_origins,
         verbose=options["verbose"],
         max_history=options["max-history"],
         reactor=reactor,
     )
+    DrainService(factory).setServiceParent(top)
     endpoint = serverFromString(reactor, options.endpoint_description())
     listener = StreamServerEndpointService(endpoint, factory)
     # Fail start-up loudly if the port is taken, rather than log and idle.

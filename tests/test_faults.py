@@ -1,0 +1,175 @@
+"""Faults: storage that fails after committing, shutdown with requests in
+flight, and TLS."""
+
+from __future__ import annotations
+
+import datetime
+import signal
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, ssl
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ConnectionLost
+from twisted.internet.task import deferLater
+
+from chatserver import MemoryStorage
+from chatserver.client import RequestFailed, connect
+from chatserver.options import Options
+from chatserver.service import make_service
+from tests.conftest import demo_storage
+from tests.processes import ServerProcess
+
+# Storage calls the slow store has received, for a test to wait on.
+STARTED: list[Deferred] = []
+
+
+class SlowStorage(MemoryStorage):
+    """Takes half a second to store a message, like a loaded database."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        for token, user in demo_storage()._users_by_token.items():
+            self.add_user(user, token)
+
+    def create(self, message):
+        for waiting in STARTED:
+            if not waiting.called:
+                waiting.callback(message)
+        return deferLater(reactor, 0.5, MemoryStorage.create, self, message)
+
+
+class CommitsThenFails(MemoryStorage):
+    """Stores the message, then loses the connection before answering,
+    once per clientMessageId: the case a client retry must survive."""
+
+    failed: set = set()
+
+    def create(self, message):
+        stored = MemoryStorage.create(self, message)
+        key = message.get("clientMessageId")
+        if key not in self.failed:
+            self.failed.add(key)
+            return fail(ConnectionLost("database went away"))
+        return stored
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_retry_after_a_failed_ack_stores_the_message_once(serve, make_factory):
+    storage = CommitsThenFails()
+    for token, user in demo_storage()._users_by_token.items():
+        storage.add_user(user, token)
+    server = await serve(make_factory(storage))
+    alice = await server.login("alice")
+    bob = await server.login("bob")
+    message = {"to": "bob", "text": "exactly once", "clientMessageId": "m-1"}
+    with pytest.raises(RequestFailed) as info:
+        await alice.send(message)
+    assert info.value.code == "storageError"
+    assert bob.pending_pushes("chatMessage") == []  # no ack, no push
+    stored = await alice.send(message)
+    assert (await bob.next_push("chatMessage"))["_id"] == stored["_id"]
+    history = await bob.get_messages(**{"with": "alice"})
+    assert [m["_id"] for m in history] == [stored["_id"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_shutdown_acknowledges_requests_in_flight_then_says_going_away():
+    options = Options()
+    options.parseOptions(
+        ["--storage", "tests.test_faults:SlowStorage", "--endpoint", "tcp:0:interface=127.0.0.1"]
+    )
+    service = make_service(options)
+    service.startService()
+    listener = list(service)[-1]
+    port = await listener._waitingForPort
+    try:
+        alice = await connect(f"ws://127.0.0.1:{port.getHost().port}")
+        await alice.authorize(token="alice-token")
+        STARTED.append(Deferred())
+        ack = alice.send({"to": "bob", "text": "in flight"})
+        await STARTED[-1]
+        stopped = service.stopService()
+        stored = await ack  # acknowledged: it was stored before the server let go
+        assert stored["text"] == "in flight"
+        assert await alice.closed == (1001, "server shutting down")
+        await stopped
+        history = await service.factory.storage.getMessages({"ids": ["bob", "alice"]})
+        assert [m["_id"] for m in history] == [stored["_id"]]
+    finally:
+        STARTED.clear()
+        if service.running:
+            await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_sigterm_closes_clients_with_1001(tmp_path):
+    server = ServerProcess.twistd("--dev-auth", cwd=tmp_path)
+    try:
+        client = await connect(server.url)
+        await client.authorize(name="alice")
+        server.process.send_signal(signal.SIGTERM)
+        assert await client.closed == (1001, "server shutting down")
+    finally:
+        code = server.stop()
+    assert code in (0, -signal.SIGTERM)
+
+
+def self_signed_certificate(path) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    (path / "cert.pem").write_bytes(cert_pem)
+    (path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_pem
+
+
+@pytest_twisted.ensureDeferred
+async def test_wss_with_the_ssl_endpoint(tmp_path, make_factory):
+    cert_pem = self_signed_certificate(tmp_path)
+    description = (
+        f"ssl:0:interface=127.0.0.1:privateKey={tmp_path / 'key.pem'}"
+        f":certKey={tmp_path / 'cert.pem'}"
+    )
+    port = await serverFromString(reactor, description).listen(make_factory())
+    url = f"wss://localhost:{port.getHost().port}"
+    trust = ssl.optionsForClientTLS("localhost", trustRoot=ssl.Certificate.loadPEM(cert_pem))
+    clients = []
+    try:
+        for token in ("alice-token", "bob-token"):
+            client = await connect(url, tls=trust)
+            clients.append(client)
+            await client.authorize(token=token)
+        alice, bob = clients
+        stored = await alice.send({"to": "bob", "text": "encrypted"})
+        assert (await bob.next_push("chatMessage"))["_id"] == stored["_id"]
+        assert alice.transport.getHandle().get_cipher_name()  # really TLS
+    finally:
+        for client in clients:
+            client.sendClose()
+            await client.closed
+        await port.stopListening()
