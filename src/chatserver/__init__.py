@@ -15,6 +15,8 @@ from chatserver.registry import ConnectionRegistry
 from chatserver.storage.combined import CombinedStorage
 from chatserver.storage.devauth import ClaimedIdAuthorizer
 from chatserver.storage.memory import MemoryStorage
+from chatserver.storage.mongo import MongoStorage
+from chatserver.storage.sqlite import SQLiteStorage
 
 __version__ = "0.1.0.dev0"
 
@@ -36,4 +38,6 @@ __all__ = [
     "IMessageStore",
     "Limits",
     "MemoryStorage",
+    "MongoStorage",
+    "SQLiteStorage",
 ]

@@ -20,6 +20,9 @@ from chatserver.protocol import ChatServerProtocol
 from chatserver.registry import ConnectionRegistry
 from chatserver.wire import push
 
+# Module level: Autobahn's classes keep their own `log`, a txaio logger.
+log = Logger()
+
 
 def _with_port(origin: str) -> str:
     """C{https://chat.example.com} → C{https://chat.example.com:443}: Autobahn
@@ -44,7 +47,6 @@ class ChatServerFactory(WebSocketServerFactory):
     """
 
     protocol = ChatServerProtocol
-    log = Logger()
 
     def __init__(
         self,
@@ -182,7 +184,7 @@ class ChatServerFactory(WebSocketServerFactory):
         for connection in self.connections:
             connection.transport.pauseProducing()
         if self._in_flight:
-            self.log.info("waiting for {n} requests", n=len(self._in_flight))
+            log.info("waiting for {n} requests", n=len(self._in_flight))
             await self._bounded(list(self._in_flight))
         closing = [c.is_closed for c in self.connections]
         for connection in tuple(self.connections):
@@ -193,7 +195,7 @@ class ChatServerFactory(WebSocketServerFactory):
         for connection in tuple(self.connections):
             connection.dropConnection(abort=True)
         if self._in_flight:
-            self.log.warn("stopped with {n} requests unfinished", n=len(self._in_flight))
+            log.warn("stopped with {n} requests unfinished", n=len(self._in_flight))
 
     async def _bounded(self, waits: list[Deferred]) -> None:
         done = DeferredList(waits, consumeErrors=True)

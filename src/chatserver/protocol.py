@@ -26,6 +26,9 @@ MAX_ACTION_LENGTH = 128
 # Ids a JavaScript client can match: integers within Number's exact range.
 MAX_SAFE_INTEGER = 2**53 - 1
 
+# Module level: Autobahn's classes keep their own `log`, a txaio logger.
+log = Logger()
+
 
 def _valid_request_id(value: object) -> bool:
     if isinstance(value, str):
@@ -61,7 +64,6 @@ class ChatServerProtocol(WebSocketServerProtocol):
     """
 
     factory: ChatServerFactory
-    log = Logger()
 
     user: dict | None = None
     user_id: str | None = None
@@ -155,7 +157,7 @@ class ChatServerProtocol(WebSocketServerProtocol):
             return True
         self._strikes += 1
         if self._strikes >= self.factory.limits.max_strikes:
-            self.log.warn("closing {peer}: rate limit exceeded", peer=self.peer)
+            log.warn("closing {peer}: rate limit exceeded", peer=self.peer)
             self.close(errors.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
         return False
 
@@ -186,7 +188,7 @@ class ChatServerProtocol(WebSocketServerProtocol):
             # The client stopped reading; bound what we queue for it.
             self._queued_while_paused += len(preparedMsg.payloadHybi)
             if self._queued_while_paused > self.factory.limits.max_buffered_bytes:
-                self.log.warn(
+                log.warn(
                     "dropping {peer} (user {user}): it stopped reading and "
                     "{queued} bytes are waiting for it",
                     peer=self.peer,
@@ -225,7 +227,7 @@ class ChatServerProtocol(WebSocketServerProtocol):
         if isinstance(error, ChatError):
             self._send_error(request_id, error.code, error.message)
             return
-        self.log.failure("request failed unexpectedly", failure)
+        log.failure("request failed unexpectedly", failure)
         self._send_error(request_id, errors.INTERNAL_ERROR, "internal error")
 
     def _send_error(self, request_id: object, code: str, message: str) -> None:
@@ -237,7 +239,7 @@ class ChatServerProtocol(WebSocketServerProtocol):
         if isinstance(result, Failure):
             error = result.value
             outcome = getattr(error, "code", type(error).__name__)
-        self.log.info(
+        log.info(
             "{peer} user={user} {action} id={id} -> {outcome}",
             peer=self.peer,
             user=self.user_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import txaio
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import reactor as global_reactor
@@ -61,6 +62,8 @@ def make_service(options: Options, reactor: object = None) -> MultiService:
     @raise usage.UsageError: when an option names something unusable.
     """
     reactor = reactor or global_reactor
+    # Autobahn logs every frame at debug level: costly on the hot path, and noise.
+    txaio.set_global_log_level("debug" if options["verbose"] else "info")
     try:
         storage = load_storage(options["storage"])
         actions = load_actions(options["actions"]) if options["actions"] else None
@@ -71,7 +74,8 @@ def make_service(options: Options, reactor: object = None) -> MultiService:
     top = InOrderService()
     if IService.providedBy(storage):
         storage.setServiceParent(top)
-    log.info("storage: {storage}", storage=options["storage"])
+    # The repr, not the option: a MongoDB URI may carry a password.
+    log.info("storage: {storage!r}", storage=storage)
     if options["dev-auth"]:
         log.warn(
             "INSECURE: --dev-auth is on; anyone can sign in as any user. "

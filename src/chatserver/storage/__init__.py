@@ -2,5 +2,7 @@
 
 from chatserver.storage.combined import CombinedStorage
 from chatserver.storage.memory import MemoryStorage
+from chatserver.storage.mongo import MongoStorage
+from chatserver.storage.sqlite import SQLiteStorage
 
-__all__ = ["CombinedStorage", "MemoryStorage"]
+__all__ = ["CombinedStorage", "MemoryStorage", "MongoStorage", "SQLiteStorage"]

@@ -6,7 +6,7 @@ from twisted.python.reflect import namedAny
 
 from chatserver.interfaces import IChatStorage
 
-DEFAULT_STORAGE = "memory"
+DEFAULT_STORAGE = "sqlite:chat.sqlite3"
 
 
 def load_storage(spec: str) -> IChatStorage:
@@ -34,7 +34,7 @@ def load_storage(spec: str) -> IChatStorage:
     if spec.startswith(("mongodb://", "mongodb+srv://")):
         from chatserver.storage.mongo import MongoStorage
 
-        return MongoStorage(spec)
+        return MongoStorage(spec)  # raises ValueError for what it cannot serve
     return _load_named(spec)
 
 

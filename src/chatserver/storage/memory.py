@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Iterable, Mapping
 from itertools import count
 
@@ -15,7 +16,8 @@ def conversation_key(message_or_ids: Mapping | list, is_group: bool) -> tuple[st
     """The key one conversation's messages are filed under.
 
     A group conversation is every message sent to the group; a direct one is
-    keyed by the two user ids in sorted order, so both sides share it.
+    keyed by the two user ids in sorted order, so both sides share it. The
+    tags keep a user id from ever matching a group's key.
     """
     if isinstance(message_or_ids, list):
         a, b = message_or_ids
@@ -23,7 +25,11 @@ def conversation_key(message_or_ids: Mapping | list, is_group: bool) -> tuple[st
         a, b = message_or_ids["from"], message_or_ids["to"]
     if is_group:
         return ("group", b)
-    return (a, b) if a <= b else (b, a)
+    return ("direct", a, b) if a <= b else ("direct", b, a)
+
+
+def _created_at(message: Mapping) -> str:
+    return message["createdAt"]
 
 
 @implementer(IChatStorage)
@@ -54,6 +60,9 @@ class MemoryStorage:
         for group_id, members in (groups or {}).items():
             self.add_group(group_id, members)
 
+    def __repr__(self) -> str:
+        return f"MemoryStorage({len(self._messages)} messages)"
+
     def add_user(self, user: Mapping, token: str) -> None:
         """Let ``token`` authorize as ``user``."""
         self._users_by_token[str(token)] = dict(user)
@@ -78,7 +87,13 @@ class MemoryStorage:
         stored = {"_id": message_id, **message}
         self._messages[message_id] = stored
         key = conversation_key(stored, bool(stored.get("isGroup")))
-        self._conversations.setdefault(key, []).append(stored)
+        history = self._conversations.setdefault(key, [])
+        if history and stored["createdAt"] < history[-1]["createdAt"]:
+            # The clock went back (or a store was fed out of order): keep the
+            # history sorted by createdAt, ties in insertion order.
+            insort(history, stored, key=_created_at)
+        else:
+            history.append(stored)
         if client_id is not None:
             self._by_client_id[dedupe_key] = stored
         return succeed(stored)

@@ -1,0 +1,1 @@
+"""A benchmark of chatserver: ``python -m chatserver.bench``."""
