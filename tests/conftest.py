@@ -24,11 +24,17 @@ def token_of(user_id: str) -> str:
     return f"{user_id}-token"
 
 
+def add_demo_users(storage: MemoryStorage) -> MemoryStorage:
+    """Give ``storage`` the demo users (token ``<id>-token``) and groups."""
+    for user_id in USERS:
+        storage.add_user({"id": user_id, "name": user_id.title()}, token_of(user_id))
+    for group_id, members in GROUPS.items():
+        storage.add_group(group_id, members)
+    return storage
+
+
 def demo_storage() -> MemoryStorage:
-    return MemoryStorage(
-        users={token_of(u): {"id": u, "name": u.title()} for u in USERS},
-        groups=GROUPS,
-    )
+    return add_demo_users(MemoryStorage())
 
 
 @dataclass

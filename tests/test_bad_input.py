@@ -10,7 +10,7 @@ from zope.interface import implementer
 
 from chatserver import IChatStorage, MemoryStorage
 from chatserver.client import RequestFailed
-from tests.conftest import demo_storage
+from tests.conftest import add_demo_users
 
 
 async def assert_others_still_chat(server, sender: str = "alice", to: str = "bob") -> None:
@@ -137,9 +137,7 @@ class FlakyStorage(MemoryStorage):
 
 @pytest_twisted.ensureDeferred
 async def test_storage_failures_give_storage_error_and_nothing_is_pushed(serve, make_factory):
-    storage = FlakyStorage()
-    for token, user in demo_storage()._users_by_token.items():
-        storage.add_user(user, token)
+    storage = add_demo_users(FlakyStorage())
     server = await serve(make_factory(storage))
     alice = await server.login("alice")
     bob = await server.login("bob")

@@ -18,7 +18,7 @@ from chatserver import MemoryStorage
 from chatserver.client import RequestFailed, connect
 from chatserver.options import Options
 from chatserver.service import make_service
-from tests.conftest import demo_storage
+from tests.conftest import add_demo_users
 from tests.processes import ServerProcess
 
 # Storage calls the slow store has received, for a test to wait on.
@@ -30,8 +30,7 @@ class SlowStorage(MemoryStorage):
 
     def __init__(self) -> None:
         super().__init__()
-        for token, user in demo_storage()._users_by_token.items():
-            self.add_user(user, token)
+        add_demo_users(self)
 
     def create(self, message):
         for waiting in STARTED:
@@ -57,9 +56,7 @@ class CommitsThenFails(MemoryStorage):
 
 @pytest_twisted.ensureDeferred
 async def test_a_retry_after_a_failed_ack_stores_the_message_once(serve, make_factory):
-    storage = CommitsThenFails()
-    for token, user in demo_storage()._users_by_token.items():
-        storage.add_user(user, token)
+    storage = add_demo_users(CommitsThenFails())
     server = await serve(make_factory(storage))
     alice = await server.login("alice")
     bob = await server.login("bob")

@@ -9,8 +9,9 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from chatserver import Limits
+from chatserver import Limits, MemoryStorage
 from chatserver.client import ConnectionClosed, RequestFailed, connect
+from tests.conftest import add_demo_users
 from tests.test_bad_input import assert_others_still_chat
 
 UNLIMITED = {"rate": 0}
@@ -141,27 +142,29 @@ async def test_only_allowed_origins_may_connect(serve, make_factory):
         await client.closed
 
 
+class HungStorage(MemoryStorage):
+    """A database that never answers some writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hung: list[Deferred] = []
+
+    def create(self, message):
+        if message.get("text") == "hang":
+            self.hung.append(Deferred())
+            return self.hung[-1]
+        return super().create(message)
+
+
 @pytest_twisted.ensureDeferred
 async def test_a_storage_call_that_never_answers_times_out(serve, make_factory):
-    from tests.conftest import demo_storage
-
-    storage = demo_storage()
-    hung: list[Deferred] = []
-    real_create = storage.create
-
-    def create(message):
-        if message.get("text") == "hang":
-            hung.append(Deferred())
-            return hung[-1]
-        return real_create(message)
-
-    storage.create = create
+    storage = add_demo_users(HungStorage())
     server = await serve(make_factory(storage, limits=Limits(rate=0, storage_timeout=0.3)))
     alice = await server.login("alice")
     bob = await server.login("bob")
     with pytest.raises(RequestFailed) as info:
         await alice.send({"to": "bob", "text": "hang"})
     assert info.value.code == "storageTimeout"
-    assert hung[0].called  # cancelled, so the store can give up too
+    assert storage.hung[0].called  # cancelled, so the store can give up too
     assert (await alice.send({"to": "bob", "text": "after"}))["text"] == "after"
     assert (await bob.next_push("chatMessage"))["text"] == "after"
