@@ -67,11 +67,13 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"server did not start:\n{self.log.decode(errors='replace')}")
 
-    def wait_for_log(self, pattern: bytes, timeout: float = 10) -> bool:
+    def wait_for_log(self, pattern: bytes, timeout: float = 10, count: int = 1) -> bool:
+        """Read the server's output until ``pattern`` has appeared ``count``
+        times in all, or ``timeout`` seconds pass; say whether it did."""
         deadline = time.monotonic() + timeout
-        while pattern not in self.log:
+        while self.log.count(pattern) < count:
             if time.monotonic() > deadline or not self._read_some(deadline):
-                return pattern in self.log
+                return self.log.count(pattern) >= count
         return True
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:

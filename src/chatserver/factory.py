@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet import defer
@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from chatserver.cluster import RedisCluster
 from chatserver.errors import CLOSE_GOING_AWAY
 from chatserver.events import SOCKET_CLOSED, SOCKET_CONNECTED, EventEmitter, Listener
 from chatserver.handlers import Action, ChatHandler
@@ -22,6 +23,14 @@ from chatserver.wire import push
 
 # Module level: Autobahn's classes keep their own `log`, a txaio logger.
 log = Logger()
+
+
+class Router(Protocol):
+    """Where pushes go: L{ConnectionRegistry} alone, or a L{RedisCluster}."""
+
+    def push(self, payload: bytes, user_ids: Iterable[str]) -> int: ...
+
+    def push_all(self, payload: bytes) -> int: ...
 
 
 def _with_port(origin: str) -> str:
@@ -57,6 +66,7 @@ class ChatServerFactory(WebSocketServerFactory):
         open_actions: Mapping[str, Action] | None = None,
         limits: Limits | None = None,
         allowed_origins: Sequence[str] | None = None,
+        cluster: RedisCluster | None = None,
         verbose: bool = False,
         max_history: int = 100,
         reactor: IReactorTime | None = None,
@@ -72,6 +82,8 @@ class ChatServerFactory(WebSocketServerFactory):
         @param allowed_origins: origins (patterns such as
             C{https://*.example.com}) whose pages may connect; C{None} allows
             any. Clients that send no Origin header (not browsers) always may.
+        @param cluster: a L{RedisCluster}, to reach users connected to other
+            nodes; C{None} for a single node.
         @param verbose: log each request (never its data).
         @param max_history: the cap on ``getMessages``'s ``limit``.
         """
@@ -86,12 +98,18 @@ class ChatServerFactory(WebSocketServerFactory):
         self.verbose = verbose
         self.events = EventEmitter()
         self.registry = ConnectionRegistry(self.prepareMessage)
+        # Where pushes go: this node's registry, or the cluster (which uses it).
+        self.router: Router = self.registry
+        if cluster is not None:
+            cluster.bind(self.registry)
+            self.router = cluster
+        self.cluster = cluster
         self.connections: set[ChatServerProtocol] = set()
         self._in_flight: set[Deferred] = set()
         self.handler = ChatHandler(
             storage,
             self.registry,
-            self.registry.push,
+            self.router.push,
             self.events,
             self.reactor,
             actions=actions,
@@ -129,19 +147,19 @@ class ChatServerFactory(WebSocketServerFactory):
 
     def send(self, event_type: str, data: Any, user_ids: Iterable[object]) -> int:
         """Push ``{"type": event_type, "data": data}`` to every connection of
-        each of ``user_ids``.
+        each of ``user_ids``, on this node and, in a cluster, on the others.
 
-        @return: the number of connections it was written to.
+        @return: the number of connections it was written to on this node.
         """
-        return self.registry.push(push(event_type, data), [str(u) for u in user_ids])
+        return self.router.push(push(event_type, data), [str(u) for u in user_ids])
 
     def broadcast(self, event_type: str, data: Any) -> int:
         """Push ``{"type": event_type, "data": data}`` to every authorized
-        connection.
+        connection, on every node.
 
-        @return: the number of connections it was written to.
+        @return: the number of connections it was written to on this node.
         """
-        return self.registry.push_all(push(event_type, data))
+        return self.router.push_all(push(event_type, data))
 
     # -- called by the protocol --------------------------------------------
 

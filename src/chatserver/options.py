@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import fields
 
 from twisted.python import usage
@@ -60,6 +61,21 @@ class Options(usage.Options):
         ],
         ["max-history", None, 100, "Largest `limit` honoured by getMessages.", int],
         [
+            "redis",
+            None,
+            None,
+            "Cluster mode: share pushes with other nodes through this Redis, "
+            "e.g. redis://127.0.0.1:6379/0 (add ?prefix=NAME to share one Redis "
+            "between deployments).",
+        ],
+        [
+            "workers",
+            None,
+            1,
+            "Run this many server processes sharing --port (needs --redis).",
+            int,
+        ],
+        [
             "allowed-origins",
             None,
             None,
@@ -85,7 +101,17 @@ class Options(usage.Options):
             None,
             "INSECURE: authorize anyone as the id or name they claim. For demos only.",
         ],
+        [
+            "reuse-port",
+            None,
+            "Listen on --port with SO_REUSEPORT, beside other processes (as --workers does).",
+        ],
     ]
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        # Kept so that --workers can start its workers with the same options.
+        self.argv = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def endpoint_description(self) -> str:
         """The endpoint to listen on, from ``--endpoint`` or ``--port``."""
@@ -102,6 +128,14 @@ class Options(usage.Options):
             self.limits = Limits(**{f.name: self[f.name.replace("_", "-")] for f in fields(Limits)})
         except ValueError as e:
             raise usage.UsageError(str(e)) from e
+        if self["workers"] < 1:
+            raise usage.UsageError("--workers must be at least 1")
+        if self["workers"] > 1 and not self["redis"]:
+            raise usage.UsageError(
+                "--workers needs --redis: workers reach each other's users through Redis"
+            )
+        if (self["workers"] > 1 or self["reuse-port"]) and (self["endpoint"] or not self["port"]):
+            raise usage.UsageError("--workers and --reuse-port need a fixed --port (no --endpoint)")
         origins = self["allowed-origins"]
         self.allowed_origins = (
             [o.strip() for o in origins.split(",") if o.strip()] if origins else None

@@ -12,6 +12,15 @@ class Pushable(Protocol):
     def sendPreparedMessage(self, preparedMsg: Any) -> None: ...
 
 
+class RegistryObserver(Protocol):
+    """Told when a user comes online here, or goes offline (e.g. to follow
+    them in a cluster)."""
+
+    def user_arrived(self, user_id: str) -> None: ...
+
+    def user_left(self, user_id: str) -> None: ...
+
+
 class ConnectionRegistry:
     """User id → set of open, authorized connections.
 
@@ -28,6 +37,7 @@ class ConnectionRegistry:
         self._prepare = prepare
         self._by_user: dict[str, set[Pushable]] = {}
         self.connection_count = 0
+        self.observer: RegistryObserver | None = None
 
     def add(self, user_id: str, connection: Pushable) -> bool:
         """Register ``connection`` as ``user_id``'s.
@@ -38,6 +48,8 @@ class ConnectionRegistry:
         first = connections is None
         if first:
             connections = self._by_user[user_id] = set()
+            if self.observer is not None:
+                self.observer.user_arrived(user_id)
         if connection not in connections:
             connections.add(connection)
             self.connection_count += 1
@@ -56,6 +68,8 @@ class ConnectionRegistry:
         if connections:
             return False
         del self._by_user[user_id]
+        if self.observer is not None:
+            self.observer.user_left(user_id)
         return True
 
     def connections(self, user_id: str) -> frozenset[Pushable]:

@@ -11,11 +11,13 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from chatserver.cluster import RedisCluster
 from chatserver.factory import ChatServerFactory
 from chatserver.options import Options
 from chatserver.storage.combined import CombinedStorage
 from chatserver.storage.devauth import ClaimedIdAuthorizer
 from chatserver.storage.loader import load_actions, load_storage
+from chatserver.workers import ReusePortEndpoint
 
 log = Logger()
 
@@ -62,6 +64,11 @@ def make_service(options: Options, reactor: object = None) -> MultiService:
     @raise usage.UsageError: when an option names something unusable.
     """
     reactor = reactor or global_reactor
+    if options["workers"] > 1:
+        from chatserver.workers import workers_service
+
+        log.info("starting {n} workers on port {port}", n=options["workers"], port=options["port"])
+        return workers_service(options)
     # Autobahn logs every frame at debug level: costly on the hot path, and noise.
     txaio.set_global_log_level("debug" if options["verbose"] else "info")
     try:
@@ -82,6 +89,14 @@ def make_service(options: Options, reactor: object = None) -> MultiService:
             "Never expose this server to people you do not trust."
         )
         storage = CombinedStorage(ClaimedIdAuthorizer(), storage, storage)
+    cluster = None
+    if options["redis"]:
+        try:
+            cluster = RedisCluster(options["redis"], reactor=reactor)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from e
+        cluster.setServiceParent(top)
+        log.info("cluster mode: {cluster!r}", cluster=cluster)
 
     factory = ChatServerFactory(
         storage,
@@ -89,12 +104,16 @@ def make_service(options: Options, reactor: object = None) -> MultiService:
         open_actions=open_actions,
         limits=options.limits,
         allowed_origins=options.allowed_origins,
+        cluster=cluster,
         verbose=options["verbose"],
         max_history=options["max-history"],
         reactor=reactor,
     )
     DrainService(factory).setServiceParent(top)
-    endpoint = serverFromString(reactor, options.endpoint_description())
+    if options["reuse-port"]:
+        endpoint = ReusePortEndpoint(reactor, options["port"])
+    else:
+        endpoint = serverFromString(reactor, options.endpoint_description())
     listener = StreamServerEndpointService(endpoint, factory)
     # Fail start-up loudly if the port is taken, rather than log and idle.
     listener._raiseSynchronously = True
