@@ -133,6 +133,10 @@ class ChatClientProtocol(WebSocketClientProtocol):
             self.timeout if timeout is None else timeout, self.factory.reactor
         )
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.transport.setTcpNoDelay(True)  # see ChatServerProtocol.connectionMade
+
     def onOpen(self) -> None:
         self.factory.opened.callback(self)
 

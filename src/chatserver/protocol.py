@@ -75,6 +75,12 @@ class ChatServerProtocol(WebSocketServerProtocol):
     _paused = False
     _queued_while_paused = 0
 
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Autobahn 26 reads its tcpNoDelay option before it is set, so Nagle
+        # stays on and a reply can wait ~40 ms for a delayed ACK.
+        self.transport.setTcpNoDelay(True)
+
     def onConnect(self, request: ConnectionRequest) -> None:
         self.request = request
 
