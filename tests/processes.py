@@ -13,7 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = Path(sys.executable).parent / "twistd"
-LISTENING = re.compile(rb"ChatServerFactory starting on (\d+)")
+LISTENING = re.compile(rb"(?:Site|ChatServerFactory) starting on (\d+)")
 
 
 class ServerProcess:

@@ -4,6 +4,7 @@ It speaks node-chat-server's protocol, so the ``chat-client`` browser package
 works against it unchanged.
 """
 
+from chatserver._version import __version__
 from chatserver.errors import ChatError, ConnectionRefused
 from chatserver.events import SOCKET_AUTHORIZED, SOCKET_CLOSED, SOCKET_CONNECTED
 from chatserver.factory import ChatServerFactory
@@ -17,8 +18,6 @@ from chatserver.storage.devauth import ClaimedIdAuthorizer
 from chatserver.storage.memory import MemoryStorage
 from chatserver.storage.mongo import MongoStorage
 from chatserver.storage.sqlite import SQLiteStorage
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "SOCKET_AUTHORIZED",
@@ -40,4 +39,5 @@ __all__ = [
     "MemoryStorage",
     "MongoStorage",
     "SQLiteStorage",
+    "__version__",
 ]

@@ -17,6 +17,7 @@ from chatserver.events import SOCKET_CLOSED, SOCKET_CONNECTED, EventEmitter, Lis
 from chatserver.handlers import Action, ChatHandler
 from chatserver.interfaces import IChatStorage
 from chatserver.limits import Limits
+from chatserver.metrics import ServerStats
 from chatserver.protocol import ChatServerProtocol
 from chatserver.registry import ConnectionRegistry
 from chatserver.wire import push
@@ -69,6 +70,7 @@ class ChatServerFactory(WebSocketServerFactory):
         cluster: RedisCluster | None = None,
         verbose: bool = False,
         max_history: int = 100,
+        server_info: Mapping[str, object] | None = None,
         reactor: IReactorTime | None = None,
     ) -> None:
         """
@@ -86,6 +88,8 @@ class ChatServerFactory(WebSocketServerFactory):
             nodes; C{None} for a single node.
         @param verbose: log each request (never its data).
         @param max_history: the cap on ``getMessages``'s ``limit``.
+        @param server_info: what the open ``serverInfo`` action tells clients
+            before they sign in, e.g. C{{"devAuth": True}}.
         """
         if not IChatStorage.providedBy(storage):
             raise TypeError(
@@ -97,6 +101,7 @@ class ChatServerFactory(WebSocketServerFactory):
         self.limits = limits = limits or Limits()
         self.verbose = verbose
         self.events = EventEmitter()
+        self.stats = ServerStats()
         self.registry = ConnectionRegistry(self.prepareMessage)
         # Where pushes go: this node's registry, or the cluster (which uses it).
         self.router: Router = self.registry
@@ -117,6 +122,8 @@ class ChatServerFactory(WebSocketServerFactory):
             max_history=max_history,
             storage_timeout=limits.storage_timeout,
             max_connections_per_user=limits.max_connections_per_user,
+            stats=self.stats,
+            server_info=server_info,
         )
         self.setProtocolOptions(
             maxFramePayloadSize=limits.max_frame_bytes,

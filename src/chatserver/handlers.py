@@ -9,17 +9,27 @@ with a :class:`ChatError`.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from time import perf_counter
 from typing import Any, Protocol
 
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, maybeDeferred
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError,
+    fail,
+    maybeDeferred,
+    succeed,
+)
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatserver import errors
+from chatserver._version import __version__
 from chatserver.errors import ChatError, ConnectionRefused
 from chatserver.events import SOCKET_AUTHORIZED, EventEmitter
 from chatserver.interfaces import IChatStorage
+from chatserver.metrics import ServerStats
 from chatserver.registry import ConnectionRegistry
 from chatserver.wire import Timestamps, push
 
@@ -79,6 +89,8 @@ class ChatHandler:
         max_history: int = 100,
         storage_timeout: float = 0,
         max_connections_per_user: int = 0,
+        stats: ServerStats | None = None,
+        server_info: Mapping[str, object] | None = None,
     ) -> None:
         """
         @param deliver: pushes an encoded frame to users, wherever they are
@@ -91,6 +103,9 @@ class ChatHandler:
             (0: wait forever).
         @param max_connections_per_user: how many connections one user may
             hold at once (0: any number).
+        @param stats: where to count stored messages and storage latency.
+        @param server_info: what the open ``serverInfo`` action tells clients
+            (with the version added).
         """
         self._registry = registry
         self._deliver = deliver
@@ -100,6 +115,8 @@ class ChatHandler:
         self.max_history = max_history
         self.storage_timeout = storage_timeout
         self.max_connections_per_user = max_connections_per_user
+        self.stats = stats or ServerStats()
+        self.server_info = {**(server_info or {}), "version": __version__}
         # Bound once: storage methods are looked up per request on the hot path.
         self._authorize = storage.authorize
         self._create = storage.create
@@ -112,6 +129,7 @@ class ChatHandler:
             "create": self.create,
             "getMessages": self.get_messages,
             "read": self.read,
+            "serverInfo": self.info,
         }
         custom = {**(actions or {}), **(open_actions or {})}
         clash = set(builtins) & set(custom)
@@ -120,7 +138,7 @@ class ChatHandler:
         self._routes: dict[str, Callable[[Any, Any], Deferred]] = dict(builtins)
         for name, action in custom.items():
             self._routes[name] = self._custom(name, action)
-        self._open = frozenset({"authorize", *(open_actions or {})})
+        self._open = frozenset({"authorize", "serverInfo", *(open_actions or {})})
 
     # -- dispatch ----------------------------------------------------------
 
@@ -167,10 +185,20 @@ class ChatHandler:
         return Failure(ChatError(errors.STORAGE_ERROR, "storage is unavailable, try again"))
 
     def _storage(self, method: Callable[..., object], *args: object) -> Deferred:
+        operation = method.__name__
+        started = perf_counter()
         d = maybeDeferred(method, *args)
-        if not d.called and self.storage_timeout:
-            d.addTimeout(self.storage_timeout, self._clock)
-        return d.addErrback(self._storage_failed, method.__name__)
+        if d.called:  # an in-memory store: no need for a timer
+            self.stats.observe_storage(operation, perf_counter() - started)
+        else:
+            if self.storage_timeout:
+                d.addTimeout(self.storage_timeout, self._clock)
+            d.addBoth(self._timed, operation, started)
+        return d.addErrback(self._storage_failed, operation)
+
+    def _timed(self, result: object, operation: str, started: float) -> object:
+        self.stats.observe_storage(operation, perf_counter() - started)
+        return result
 
     # -- built-in actions --------------------------------------------------
 
@@ -240,6 +268,7 @@ class ChatHandler:
         return d.addCallback(self._stored, member_ids)
 
     def _stored(self, stored: dict, recipients: Iterable[str]) -> dict:
+        self.stats.messages_stored += 1
         self._deliver(push("chatMessage", stored), recipients)
         return stored
 
@@ -265,6 +294,20 @@ class ChatHandler:
         if user_id not in {str(m) for m in members}:
             raise ChatError(errors.NOT_GROUP_MEMBER, "you are not a member of this group")
         return self._storage(self._get_messages, query)
+
+    def probe_storage(self, timeout: float) -> Deferred:
+        """Ask storage the cheapest question there is; fails if it cannot
+        answer within ``timeout`` seconds."""
+        d = maybeDeferred(self._group_user_ids, {"groupId": "\x00probe"})
+        return d.addTimeout(timeout, self._clock)
+
+    def info(self, connection: Connection, data: object) -> Deferred:
+        """What a client may want to know before signing in."""
+        return succeed(self.server_info)
+
+    def is_action(self, name: str) -> bool:
+        """Whether ``name`` is an action this server runs."""
+        return name in self._routes
 
     def read(self, connection: Connection, data: object) -> Deferred:
         """Mark a message read by the connection's user, and tell its sender."""

@@ -85,3 +85,18 @@ class IGroupDirectory(Interface):
 
 class IChatStorage(IAuthorizer, IMessageStore, IGroupDirectory):
     """Everything the chat server needs from storage."""
+
+
+class IUserDirectory(Interface):
+    """Optional: lists the users and groups a store knows, for user
+    interfaces such as the web demo's ``getUsersAndGroups`` action."""
+
+    def list_users() -> object:
+        """
+        @return: a Deferred firing with every user as ``{"id", "name"}``.
+        """
+
+    def list_groups() -> object:
+        """
+        @return: a Deferred firing with every group as ``{"id", "members"}``.
+        """

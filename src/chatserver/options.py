@@ -101,6 +101,7 @@ class Options(usage.Options):
             None,
             "INSECURE: authorize anyone as the id or name they claim. For demos only.",
         ],
+        ["no-web", None, "Do not serve the web chat page (health and metrics stay)."],
         [
             "reuse-port",
             None,

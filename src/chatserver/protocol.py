@@ -95,7 +95,14 @@ class ChatServerProtocol(WebSocketServerProtocol):
                 limits.authorize_timeout, self._authorize_timed_out
             )
         if limits.max_buffered_bytes:
-            self.transport.registerProducer(_WriteWatch(self), True)
+            watch = _WriteWatch(self)
+            try:
+                self.transport.registerProducer(watch, True)
+            except RuntimeError:
+                # Upgraded from twisted.web: the HTTP channel, done with this
+                # connection now, is still registered.
+                self.transport.unregisterProducer()
+                self.transport.registerProducer(watch, True)
         self.factory.connection_opened(self)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
@@ -149,12 +156,16 @@ class ChatServerProtocol(WebSocketServerProtocol):
         data = frame.get("data")
         if data is None:
             data = {}
-        d = self.factory.handler.handle(self, action, data)
+        handler = self.factory.handler
+        d = handler.handle(self, action, data)
         if not d.called:
             self.factory.track(d)
         if self.factory.verbose:
             d.addBoth(self._log_request, action, request_id)
-        d.addCallbacks(self._send_reply, self._send_failure, (request_id,), None, (request_id,))
+        # Metrics by action: any name a client makes up counts as "unknown".
+        label = action if handler.is_action(action) else "unknown"
+        args = (request_id, label)
+        d.addCallbacks(self._send_reply, self._send_failure, args, None, args)
 
     def _within_rate(self) -> bool:
         if self._bucket.take(self.factory.reactor.seconds()):
@@ -220,23 +231,28 @@ class ChatServerProtocol(WebSocketServerProtocol):
         else:
             self.transport.resumeProducing()
 
-    def _send_reply(self, data: object, request_id: object) -> None:
+    def _send_reply(self, data: object, request_id: object, label: str) -> None:
+        self.factory.stats.requests[label, "ok"] += 1
         # Closing (or closed): Autobahn refuses to send, and the client is leaving.
         if self.state == self.STATE_OPEN:
             self.sendMessage(reply(request_id, data))
 
-    def _send_failure(self, failure: Failure, request_id: object) -> None:
+    def _send_failure(self, failure: Failure, request_id: object, label: str) -> None:
         error = failure.value
         if isinstance(error, ConnectionRefused):
+            self.factory.stats.requests[label, "closed"] += 1
             self.close(error.close_code, error.message)
             return
         if isinstance(error, ChatError):
-            self._send_error(request_id, error.code, error.message)
-            return
-        log.failure("request failed unexpectedly", failure)
-        self._send_error(request_id, errors.INTERNAL_ERROR, "internal error")
+            code, message = error.code, error.message
+        else:
+            log.failure("request failed unexpectedly", failure)
+            code, message = errors.INTERNAL_ERROR, "internal error"
+        self.factory.stats.requests[label, code] += 1
+        self._send_error(request_id, code, message)
 
     def _send_error(self, request_id: object, code: str, message: str) -> None:
+        self.factory.stats.errors[code] += 1
         if self.state == self.STATE_OPEN:
             self.sendMessage(error_reply(request_id, code, message))
 

@@ -37,6 +37,7 @@ class ConnectionRegistry:
         self._prepare = prepare
         self._by_user: dict[str, set[Pushable]] = {}
         self.connection_count = 0
+        self.pushes = 0
         self.observer: RegistryObserver | None = None
 
     def add(self, user_id: str, connection: Pushable) -> bool:
@@ -76,6 +77,11 @@ class ConnectionRegistry:
         """The open connections of ``user_id`` (possibly none)."""
         return frozenset(self._by_user.get(user_id, ()))
 
+    @property
+    def user_count(self) -> int:
+        """How many users have a connection here."""
+        return len(self._by_user)
+
     def user_ids(self) -> frozenset[str]:
         """The ids of every user with at least one connection."""
         return frozenset(self._by_user)
@@ -97,6 +103,7 @@ class ConnectionRegistry:
             for connection in connections:
                 connection.sendPreparedMessage(prepared)
             sent += len(connections)
+        self.pushes += sent
         return sent
 
     def push_all(self, payload: bytes) -> int:

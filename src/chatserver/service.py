@@ -10,10 +10,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.server import Site
 
 from chatserver.cluster import RedisCluster
+from chatserver.directory import UsersAndGroups
 from chatserver.factory import ChatServerFactory
+from chatserver.interfaces import IUserDirectory
 from chatserver.options import Options
+from chatserver.resources import ChatRoot
 from chatserver.storage.combined import CombinedStorage
 from chatserver.storage.devauth import ClaimedIdAuthorizer
 from chatserver.storage.loader import load_actions, load_storage
@@ -79,6 +83,9 @@ def make_service(options: Options, reactor: object = None) -> MultiService:
         raise usage.UsageError(str(e)) from e
 
     top = InOrderService()
+    directory = storage if IUserDirectory.providedBy(storage) else None
+    # The web demo's directory; an application's own action of that name wins.
+    actions = {"getUsersAndGroups": UsersAndGroups(directory), **(actions or {})}
     if IService.providedBy(storage):
         storage.setServiceParent(top)
     # The repr, not the option: a MongoDB URI may carry a password.
@@ -107,6 +114,7 @@ def make_service(options: Options, reactor: object = None) -> MultiService:
         cluster=cluster,
         verbose=options["verbose"],
         max_history=options["max-history"],
+        server_info={"devAuth": bool(options["dev-auth"])},
         reactor=reactor,
     )
     DrainService(factory).setServiceParent(top)
@@ -114,7 +122,10 @@ def make_service(options: Options, reactor: object = None) -> MultiService:
         endpoint = ReusePortEndpoint(reactor, options["port"])
     else:
         endpoint = serverFromString(reactor, options.endpoint_description())
-    listener = StreamServerEndpointService(endpoint, factory)
+    # One port for all: the WebSocket (an upgrade on any path), the page, /health, /metrics.
+    site = Site(ChatRoot(factory, web=not options["no-web"]))
+    site.noisy = False  # no log line per HTTP request
+    listener = StreamServerEndpointService(endpoint, site)
     # Fail start-up loudly if the port is taken, rather than log and idle.
     listener._raiseSynchronously = True
     listener.setServiceParent(top)

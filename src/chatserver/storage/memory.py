@@ -9,7 +9,7 @@ from itertools import count
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
-from chatserver.interfaces import IChatStorage
+from chatserver.interfaces import IChatStorage, IUserDirectory
 
 
 def conversation_key(message_or_ids: Mapping | list, is_group: bool) -> tuple[str, ...]:
@@ -32,7 +32,7 @@ def _created_at(message: Mapping) -> str:
     return message["createdAt"]
 
 
-@implementer(IChatStorage)
+@implementer(IChatStorage, IUserDirectory)
 class MemoryStorage:
     """Keeps users, groups and messages in dicts; nothing survives a restart.
 
@@ -70,6 +70,16 @@ class MemoryStorage:
     def add_group(self, group_id: str, member_ids: Iterable[str]) -> None:
         """Create (or replace) a group with these members."""
         self._groups[str(group_id)] = [str(m) for m in member_ids]
+
+    def list_users(self) -> Deferred[list[dict]]:
+        users = {}
+        for user in self._users_by_token.values():
+            user_id = str(user.get("id", user.get("_id")))
+            users[user_id] = {"id": user_id, "name": user.get("name", user_id)}
+        return succeed(sorted(users.values(), key=lambda u: u["id"]))
+
+    def list_groups(self) -> Deferred[list[dict]]:
+        return succeed([{"id": g, "members": list(m)} for g, m in sorted(self._groups.items())])
 
     def authorize(self, credentials: dict) -> Deferred[dict | None]:
         token = credentials.get("token")

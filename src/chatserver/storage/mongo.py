@@ -55,7 +55,7 @@ from txmongo.errors import TimeExceeded
 from zope.interface import implementer
 
 from chatserver.errors import STORAGE_ERROR, ChatError
-from chatserver.interfaces import IChatStorage
+from chatserver.interfaces import IChatStorage, IUserDirectory
 
 T = TypeVar("T")
 
@@ -69,6 +69,7 @@ _STORE_OWNED = frozenset({"_id", "conversation", "clientKey", "read", "readBy"})
 _HIDDEN: dict[str, int] = {"conversation": 0, "clientKey": 0}
 
 _NEWEST_FIRST = qf.sort(qf.DESCENDING("createdAt") + qf.DESCENDING("_id"))
+_BY_ID = qf.sort(qf.ASCENDING("_id"))
 
 # Index specifications, created (idempotently) at start-up, per collection.
 INDEXES: dict[str, list[dict[str, Any]]] = {
@@ -146,7 +147,7 @@ def _database_name(parsed: Mapping[str, Any]) -> str:
     return parsed.get("database") or DEFAULT_DATABASE
 
 
-@implementer(IChatStorage)
+@implementer(IChatStorage, IUserDirectory)
 class MongoStorage(Service):
     """Users, groups and messages in MongoDB.
 
@@ -541,6 +542,27 @@ class MongoStorage(Service):
             return token
 
         return self.run(op, name="add_user")
+
+    def list_users(self) -> Deferred[list[dict]]:
+        """Fire with every user as ``{"id", "name"}``, by id."""
+
+        async def op(db: Database) -> list[dict]:
+            users = await db.users.find({}, projection={"name": 1}, sort=_BY_ID)
+            return [{"id": str(u["_id"]), "name": u.get("name", str(u["_id"]))} for u in users]
+
+        return self.run(op, name="list_users")
+
+    def list_groups(self) -> Deferred[list[dict]]:
+        """Fire with every group as ``{"id", "members"}``, by id."""
+
+        async def op(db: Database) -> list[dict]:
+            groups = await db.groups.find({}, sort=_BY_ID)
+            return [
+                {"id": str(g["_id"]), "members": [str(m) for m in g.get("users", [])]}
+                for g in groups
+            ]
+
+        return self.run(op, name="list_groups")
 
     def add_group(
         self, group_id: str, member_ids: Iterable[str], name: str | None = None

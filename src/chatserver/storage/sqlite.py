@@ -49,7 +49,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from chatserver.interfaces import IChatStorage
+from chatserver.interfaces import IChatStorage, IUserDirectory
 
 T = TypeVar("T")
 
@@ -193,7 +193,7 @@ def _hash_token(token: str) -> bytes:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
-@implementer(IChatStorage)
+@implementer(IChatStorage, IUserDirectory)
 class SQLiteStorage(Service):
     """Users, groups and messages in one SQLite file.
 
