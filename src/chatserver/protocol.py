@@ -124,6 +124,8 @@ class ChatServerProtocol(WebSocketServerProtocol):
     # -- incoming ----------------------------------------------------------
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.state != self.STATE_OPEN:
+            return  # closing: no new requests
         if isBinary:
             self._binary_frame(payload)
             return
