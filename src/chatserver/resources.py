@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.defer import Deferred
 from twisted.python.filepath import FilePath
 from twisted.web.resource import NoResource, Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import File
 
 from chatserver.factory import ChatServerFactory
@@ -102,3 +102,13 @@ class ChatRoot(Resource):
         if self.static is not None:
             return self.static.getChildWithDefault(path, request)
         return NoResource()
+
+
+class ChatSite(Site):
+    """The HTTP site of the chat port, without an access log: health probes
+    and metric scrapes would flood it."""
+
+    noisy = False
+
+    def log(self, request: Request) -> None:
+        pass

@@ -10,14 +10,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.web.server import Site
 
 from chatserver.cluster import RedisCluster
 from chatserver.directory import UsersAndGroups
 from chatserver.factory import ChatServerFactory
 from chatserver.interfaces import IUserDirectory
 from chatserver.options import Options
-from chatserver.resources import ChatRoot
+from chatserver.resources import ChatRoot, ChatSite
 from chatserver.storage.combined import CombinedStorage
 from chatserver.storage.devauth import ClaimedIdAuthorizer
 from chatserver.storage.loader import load_actions, load_storage
@@ -123,8 +122,7 @@ def make_service(options: Options, reactor: object = None) -> MultiService:
     else:
         endpoint = serverFromString(reactor, options.endpoint_description())
     # One port for all: the WebSocket (an upgrade on any path), the page, /health, /metrics.
-    site = Site(ChatRoot(factory, web=not options["no-web"]))
-    site.noisy = False  # no log line per HTTP request
+    site = ChatSite(ChatRoot(factory, web=not options["no-web"]))
     listener = StreamServerEndpointService(endpoint, site)
     # Fail start-up loudly if the port is taken, rather than log and idle.
     listener._raiseSynchronously = True
