@@ -22,6 +22,10 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed lint
 	$(BIN)/pytest
 
+## bench: the performance benchmark (about a minute; see README "Benchmark")
+bench: $(VENV)/.installed
+	$(BIN)/python -m chatserver.bench
+
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests twisted examples
 	$(BIN)/ruff format --check src tests twisted examples

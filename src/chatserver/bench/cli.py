@@ -1,0 +1,202 @@
+"""``python -m chatserver.bench``: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from chatserver.bench.processes import BenchError, Generators, LocalServer, RemoteServer, Target
+from chatserver.bench.report import document, render
+from chatserver.bench.runner import Result, Runner, Scenario, machine
+from chatserver.bench.sysinfo import raise_open_files_limit
+
+KINDS = ("direct", "group", "open", "storm")
+
+
+def _users(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not values or min(values) < 2:
+        raise argparse.ArgumentTypeError("each user count must be at least 2")
+    return values
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m chatserver.bench",
+        description="Measure chatserver (started in its own process) under load from "
+        "separate load-generator processes, and print the figures.",
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        choices=KINDS,
+        help="run only this scenario (repeatable; default: all of them)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller loads: about 15 s in all instead of about a minute",
+    )
+    p.add_argument(
+        "--users",
+        type=_users,
+        help="connected users: the list for `direct` (e.g. 100,1000,10000); `group` and "
+        "`open` use the largest (default: 100,1000,10000 for direct, 1000 for the others)",
+    )
+    p.add_argument(
+        "--messages",
+        type=_positive,
+        help="messages per closed-loop run (default 30000; group 3000)",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        help="seconds: the most a closed-loop run sends for, and how long `open` sends (10)",
+    )
+    p.add_argument(
+        "--senders", type=_positive, default=100, help="clients that send, closed loop (100)"
+    )
+    p.add_argument(
+        "--inflight",
+        type=_positive,
+        default=2,
+        help="requests each sender keeps outstanding, closed loop (2)",
+    )
+    p.add_argument("--rate", type=float, default=2000.0, help="messages/s of `open` (2000)")
+    p.add_argument("--group-size", type=_positive, default=50, help="members per group (50)")
+    p.add_argument("--storm-clients", type=_positive, help="clients in `storm` (5000)")
+    p.add_argument("--burst", type=_positive, default=100, help="clients connecting at once (100)")
+    p.add_argument("--generators", type=_positive, default=1, help="load-generator processes (1)")
+    p.add_argument(
+        "--storage",
+        help="the server's --storage instead of the bench's memory storage; users then "
+        "sign in by claimed id (the server runs with --dev-auth) unless --token-auth",
+    )
+    p.add_argument(
+        "--token-auth",
+        action="store_true",
+        help="with --storage: sign in with token t<N> instead of claiming id u<N>",
+    )
+    p.add_argument(
+        "--server-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more option for our server, e.g. --server-arg=--rate=50 (repeatable; the "
+        "bench lifts the per-connection rate limit unless told otherwise)",
+    )
+    p.add_argument(
+        "--compare",
+        metavar="URL",
+        help="also run every scenario against this running server (ws://...)",
+    )
+    p.add_argument(
+        "--compare-pid", type=int, metavar="PID", help="its process id, to read CPU and memory"
+    )
+    p.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="record each measured window of our server with py-spy into DIR",
+    )
+    p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    return p
+
+
+def scenarios(args: argparse.Namespace) -> list[Scenario]:
+    """The scenarios the options ask for, in order."""
+    quick = args.quick
+    direct_users = args.users or ([100, 1000] if quick else [100, 1000, 10_000])
+    other_users = max(args.users) if args.users else (500 if quick else 1000)
+    group_users = max(args.users) if args.users else (200 if quick else 1000)
+    duration = args.duration if args.duration is not None else (3.0 if quick else 10.0)
+    common = {"senders": args.senders, "inflight": args.inflight, "burst": args.burst}
+    out: list[Scenario] = []
+    for kind in args.scenario or KINDS:
+        if kind == "direct":
+            messages = args.messages or (5000 if quick else 30_000)
+            out.extend(
+                Scenario("direct", users=n, messages=messages, duration=duration, **common)
+                for n in direct_users
+            )
+        elif kind == "group":
+            out.append(
+                Scenario(
+                    "group",
+                    users=group_users,
+                    messages=args.messages or (500 if quick else 3000),
+                    duration=duration,
+                    group_size=min(args.group_size, group_users),
+                    **common,
+                )
+            )
+        elif kind == "open":
+            out.append(
+                Scenario("open", users=other_users, rate=args.rate, duration=duration, **common)
+            )
+        elif kind == "storm":
+            clients = args.storm_clients or (1000 if quick else 5000)
+            out.append(Scenario("storm", users=clients, **common))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 if every message was answered and delivered."""
+    args = parser().parse_args(argv)
+    if args.token_auth and not args.storage:
+        parser().error("--token-auth goes with --storage")
+    if args.compare_pid and not args.compare:
+        parser().error("--compare-pid goes with --compare")
+    raise_open_files_limit()
+    plan = scenarios(args)
+    targets: list[Target] = [
+        LocalServer(
+            args.storage,
+            claimed_ids=bool(args.storage) and not args.token_auth,
+            extra_args=args.server_arg,
+        )
+    ]
+    if args.compare:
+        targets.append(RemoteServer(args.compare, args.compare_pid))
+
+    def progress(message: str) -> None:
+        print(f"bench: {message}", file=sys.stderr, flush=True)
+
+    results: list[Result] = []
+    generators = Generators(args.generators)
+    try:
+        runner = Runner(generators, args.profile, progress)
+        for scenario in plan:
+            for target in targets:
+                results.append(runner.run(target, scenario))
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        generators.close()
+        for target in targets:
+            target.end()
+
+    info = machine()
+    if args.json:
+        settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        settings["scenarios"] = [vars(s) for s in plan]
+        print(json.dumps(document(results, info, settings), indent=2))
+    else:
+        print(render(results, info), end="")
+    return 0 if all(r.complete for r in results) else 1

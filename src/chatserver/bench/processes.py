@@ -1,0 +1,268 @@
+"""The processes a benchmark drives: the server under test and the load
+generators."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from chatserver.bench.loadgen import worker_main
+from chatserver.bench.population import Population
+from chatserver.bench.sysinfo import raise_open_files_limit
+
+# Twisted logs "<factory> starting on PORT" when a port opens: the factory is
+# ChatServerFactory, or the web site that serves it beside a page.
+LISTENING = re.compile(rb"\b\w+ starting on (\d+)")
+BENCH_STORAGE = "chatserver.bench.storage:bench_storage"
+BENCH_ACTIONS = "chatserver.bench.storage:ACTIONS"
+# The server's listen backlog: room for a burst of thousands of connections
+# (Linux caps it at net.core.somaxconn).
+BACKLOG = 4096
+# Requests per second per connection: more than any scenario sends.
+UNTHROTTLED_RATE = 1_000_000
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+def unthrottled_options() -> list[str]:
+    """Server options that lift the per-connection request rate limit, if
+    the server has one: a closed-loop sender asks far faster than a person
+    types. The limit stays switched on (at a rate never reached), so its cost
+    per request is still measured.
+    """
+    from chatserver.options import Options
+
+    names = {parameter[0] for parameter in Options.optParameters}
+    if not {"rate", "burst"} <= names:
+        return []
+    return [f"--rate={UNTHROTTLED_RATE}", f"--burst={UNTHROTTLED_RATE}"]
+
+
+class BenchError(Exception):
+    """The benchmark could not run as asked."""
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if the bench itself is killed,
+    # the kernel sends the server SIGTERM rather than leave it running.
+    with contextlib.suppress(Exception):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Target:
+    """A server to measure.
+
+    @ivar label: how the table names it.
+    @ivar url: its WebSocket URL, once it is running.
+    @ivar pid: its process id, if known: CPU and memory are read from /proc.
+    @ivar collects: whether it offers the bench's garbage-collection action.
+    """
+
+    label = "server"
+    url: str | None = None
+    pid: int | None = None
+    collects = False
+
+    def begin(self, population: Population) -> None:
+        """Be ready to serve ``population``."""
+
+    def end(self) -> None:
+        """The scenario is over."""
+
+
+class RemoteServer(Target):
+    """An already running server, e.g. another implementation to compare.
+
+    It is not restarted between scenarios, so it must already know every user
+    and group that any scenario uses (see L{chatserver.bench.population}).
+    """
+
+    def __init__(self, url: str, pid: int | None, label: str = "compare") -> None:
+        self.url = url
+        self.pid = pid
+        self.label = label
+
+
+class LocalServer(Target):
+    """Our server, started afresh for each scenario as ``python -m
+    chatserver`` on an ephemeral loopback port, and always stopped."""
+
+    label = "chatserver"
+    collects = True
+
+    def __init__(
+        self,
+        storage: str | None = None,
+        claimed_ids: bool = False,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        """
+        @param storage: a ``--storage`` value; C{None} for the bench's own
+            memory storage, sized by the scenario.
+        @param claimed_ids: run with ``--dev-auth``, so that users sign in by
+            the id they claim rather than by token.
+        @param extra_args: more options for the server, after the bench's own
+            (so they win, e.g. ``--rate=50`` to measure with the default
+            per-connection rate limit).
+        """
+        self.storage = storage or BENCH_STORAGE
+        self.claimed_ids = claimed_ids
+        self.extra_args = [*unthrottled_options(), *(extra_args or [])]
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    def argv(self) -> list[str]:
+        """The command that starts the server."""
+        argv = [
+            sys.executable,
+            "-m",
+            "chatserver",
+            "--endpoint",
+            f"tcp:0:interface=127.0.0.1:backlog={BACKLOG}",
+            "--storage",
+            self.storage,
+            "--open-actions",
+            BENCH_ACTIONS,
+        ]
+        if self.claimed_ids:
+            argv.append("--dev-auth")
+        return argv + self.extra_args
+
+    def begin(self, population: Population) -> None:
+        raise_open_files_limit()  # inherited by the server
+        self._log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            self.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **population.environment()},
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+        self.pid = self.process.pid
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            match = LISTENING.search(self.log())
+            if match:
+                self.url = f"ws://127.0.0.1:{int(match.group(1))}/"
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)
+        log = self.log().decode(errors="replace")
+        self.end()
+        raise BenchError(f"the server did not start:\n{log[-4000:]}")
+
+    def log(self) -> bytes:
+        """Everything the server has logged so far."""
+        if self._log is None:
+            return b""
+        self._log.seek(0)
+        return self._log.read()
+
+    def check_alive(self) -> None:
+        """@raise BenchError: if the server has exited."""
+        if self.process is not None and self.process.poll() is not None:
+            tail = self.log().decode(errors="replace")[-4000:]
+            raise BenchError(f"the server exited with {self.process.returncode}:\n{tail}")
+
+    def end(self) -> None:
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self.url = None
+        self.pid = None
+
+
+class Generators:
+    """Load-generator processes, each serving commands over a pipe."""
+
+    def __init__(self, count: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.pipes: list[Connection] = []
+        self.processes: list[Any] = []
+        for worker in range(count):
+            ours, theirs = context.Pipe()
+            process = context.Process(
+                target=worker_main, args=(theirs, worker), name=f"bench-generator-{worker}"
+            )
+            process.daemon = True  # never outlive the bench
+            process.start()
+            theirs.close()
+            self.pipes.append(ours)
+            self.processes.append(process)
+
+    def __len__(self) -> int:
+        return len(self.pipes)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes]
+
+    def call(self, commands: list[dict[str, Any] | None], timeout: float) -> list[dict[str, Any]]:
+        """Send ``commands[i]`` to process ``i`` (none where it is C{None}), all
+        at once, and gather the answers.
+
+        @raise BenchError: if a process fails the command, dies, or does not
+            answer within ``timeout`` seconds.
+        """
+        waiting: dict[Connection, int] = {}
+        for index, command in enumerate(commands):
+            if command is not None:
+                self.pipes[index].send(command)
+                waiting[self.pipes[index]] = index
+        answers: list[dict[str, Any]] = [{} for _ in commands]
+        deadline = time.monotonic() + timeout
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BenchError(f"load generator did not answer within {timeout:.0f} s")
+            for pipe in wait(list(waiting), timeout=min(remaining, 1.0)):
+                index = waiting.pop(pipe)
+                try:
+                    answer = pipe.recv()
+                except (EOFError, OSError):
+                    raise BenchError(f"load generator {index} died") from None
+                if not answer.pop("ok"):
+                    raise BenchError(f"load generator {index}: {answer['error']}")
+                answers[index] = answer
+            for pipe, index in waiting.items():
+                if not self.processes[index].is_alive() and not pipe.poll():
+                    raise BenchError(f"load generator {index} died")
+        return answers
+
+    def call_all(self, command: dict[str, Any], timeout: float) -> list[dict[str, Any]]:
+        """Send the same command to every process."""
+        return self.call([command] * len(self.pipes), timeout)
+
+    def close(self) -> None:
+        """Stop every process (politely, then not)."""
+        for pipe in self.pipes:
+            with contextlib.suppress(OSError):
+                pipe.send({"op": "exit"})
+        for process in self.processes:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        for pipe in self.pipes:
+            pipe.close()

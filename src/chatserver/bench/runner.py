@@ -1,0 +1,507 @@
+"""The scenarios: what each one connects, sends and measures."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from array import array
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from chatserver.bench.population import Population
+from chatserver.bench.processes import BenchError, Generators, LocalServer, Target
+from chatserver.bench.storage import COLLECT_ACTION, GC_STATS_ACTION
+from chatserver.bench.sysinfo import (
+    CLOCK_TICK_HZ,
+    CpuTimes,
+    MachineTimes,
+    cpu_times,
+    rss_bytes,
+)
+
+# Slack on top of a phase's own duration before the bench gives up on it.
+PHASE_TIMEOUT = 60.0
+SETTLE_SECONDS = 3.0
+
+
+@dataclass
+class Scenario:
+    """One load to run.
+
+    ``kind`` is ``direct`` (closed loop, each message to a random other
+    user), ``group`` (closed loop, each message to the sender's group),
+    ``open`` (direct messages at a fixed ``rate``) or ``storm`` (``users``
+    clients connect and authorize ``burst`` at a time, a burst starting once
+    the previous one is authorized).
+    """
+
+    kind: str
+    users: int
+    messages: int = 0
+    duration: float = 10.0
+    senders: int = 100
+    inflight: int = 2
+    rate: float = 0.0
+    group_size: int = 50
+    burst: int = 100
+
+    @property
+    def name(self) -> str:
+        if self.kind == "open":
+            return f"open {self.rate:g}/s"
+        if self.kind == "group":
+            return f"group of {self.group_size}"
+        return self.kind
+
+
+@dataclass
+class Result:
+    """The figures of one scenario against one server (None: not measured)."""
+
+    target: str
+    scenario: str
+    kind: str
+    users: int
+    connections: int = 0
+    connect_seconds: float | None = None
+    slowest_burst_seconds: float | None = None
+    connect_failures: int = 0
+    sent: int = 0
+    acked: int = 0
+    errors: int = 0
+    pushes: int = 0
+    deliveries: int = 0
+    expected_deliveries: int = 0
+    echoes: int = 0
+    seconds: float | None = None
+    messages_per_second: float | None = None
+    pushes_per_second: float | None = None
+    rate: float | None = None
+    reply_ms: dict[str, float] | None = None
+    delivery_ms: dict[str, float] | None = None
+    generator_max_lag_ms: float | None = None
+    server_cpu_seconds: float | None = None
+    server_cpu_us_per_message: float | None = None
+    server_cpu_us_per_push: float | None = None
+    server_cpu_us_per_connection: float | None = None
+    server_cpu_utilisation: float | None = None
+    generator_processes: int = 1
+    generator_cpu_seconds: float | None = None
+    generator_cpu_us_per_message: float | None = None
+    generator_cpu_us_per_push: float | None = None
+    generator_cpu_utilisation: float | None = None
+    server_rss_baseline_mb: float | None = None
+    server_rss_connected_mb: float | None = None
+    server_rss_end_mb: float | None = None
+    rss_per_connection_kb: float | None = None
+    server_gc: dict[str, Any] | None = None
+    server_full_gc_ms: float | None = None
+    other_cpu_load: float | None = None
+    steal_cpu_load: float | None = None
+    complete: bool = True
+    problems: list[str] = field(default_factory=list)
+    profile: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def percentiles(samples_ns: Sequence[int]) -> dict[str, float] | None:
+    """p50, p99 and max of ``samples_ns``, in milliseconds (None if empty)."""
+    if not samples_ns:
+        return None
+    ordered = sorted(samples_ns)
+    n = len(ordered)
+
+    def at(q: float) -> float:
+        return ordered[min(n - 1, int(q * n))] / 1e6
+
+    return {"p50": at(0.50), "p99": at(0.99), "max": ordered[-1] / 1e6, "count": n}
+
+
+def spread(count: int, among: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(among)``."""
+    count = min(count, among)
+    return [i * among // count for i in range(count)] if count else []
+
+
+def slices(users: int, workers: int) -> list[tuple[int, int]]:
+    """(first, count) of the users each generator process owns."""
+    base, extra = divmod(users, workers)
+    out, first = [], 0
+    for w in range(workers):
+        count = base + (1 if w < extra else 0)
+        out.append((first, count))
+        first += count
+    return out
+
+
+def split(total: int, weights: list[int]) -> list[int]:
+    """``total`` divided in proportion to ``weights``, summing to ``total``."""
+    whole = sum(weights)
+    if not whole:
+        return [0] * len(weights)
+    parts = [total * w // whole for w in weights]
+    for i in range(total - sum(parts)):
+        parts[i % len(parts)] += 1
+    return parts
+
+
+class Profiler:
+    """py-spy sampling the server during a measured window, if asked for."""
+
+    def __init__(self, directory: Path | None, pid: int | None, name: str) -> None:
+        self.process: subprocess.Popen[bytes] | None = None
+        self.path: Path | None = None
+        if directory is None or pid is None:
+            return
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not os.path.exists(py_spy):
+            raise BenchError("--profile needs py-spy (pip install py-spy)")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"{name}.txt"
+        # Collapsed stacks ("a;b;c count" lines): flamegraph.pl and speedscope
+        # read them, and `summarize_profile` ranks functions from them.
+        self.process = subprocess.Popen(
+            [
+                py_spy,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                "250",
+                "--format",
+                "raw",
+                "--output",
+                str(self.path),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)  # py-spy attaches before the window opens
+
+    def stop(self) -> str | None:
+        if self.process is None:
+            return None
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        return str(self.path)
+
+
+class Noise:
+    """How busy the machine was with anything but this benchmark over a
+    window: CPU time of every other process (in CPUs, e.g. 0.5 = half a
+    core), and time stolen by the hypervisor. Figures taken while others are
+    busy are not to be trusted."""
+
+    def __init__(self, generators: Generators, target: Target) -> None:
+        self.pids = [os.getpid(), *generators.pids]
+        if target.pid is not None:
+            self.pids.append(target.pid)
+        self.machine = MachineTimes.read()
+        self.ours = self._ours()
+
+    def _ours(self) -> int:
+        total = 0
+        for pid in self.pids:
+            with contextlib.suppress(OSError):
+                total += cpu_times(pid).ticks
+        return total
+
+    def stop(self, result: Result, seconds: float) -> None:
+        machine = MachineTimes.read()
+        others = (machine.busy - self.machine.busy) - (self._ours() - self.ours)
+        if seconds > 0:
+            result.other_cpu_load = max(0, others) / CLOCK_TICK_HZ / seconds
+            result.steal_cpu_load = (machine.steal - self.machine.steal) / CLOCK_TICK_HZ / seconds
+
+
+class Runner:
+    """Runs scenarios against targets with a pool of generator processes."""
+
+    def __init__(
+        self,
+        generators: Generators,
+        profile_dir: Path | None = None,
+        progress: Any = None,
+    ) -> None:
+        self.generators = generators
+        self.profile_dir = profile_dir
+        self.progress = progress or (lambda message: None)
+
+    # -- helpers ----------------------------------------------------------
+
+    def _settled_rss(self, target: Target) -> int | None:
+        """The target's RSS once it stops moving (after a garbage collection,
+        when the target offers one)."""
+        if target.pid is None:
+            return None
+        if target.collects:
+            self._ask(target, COLLECT_ACTION)
+        deadline = time.monotonic() + SETTLE_SECONDS
+        previous = rss_bytes(target.pid)
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            current = rss_bytes(target.pid)
+            if abs(current - previous) < 64 * 1024:
+                return current
+            previous = current
+        return previous
+
+    def _ask(self, target: Target, action: str, data: dict[str, Any] | None = None) -> Any:
+        """Call one of the bench's server-side actions (see L{storage})."""
+        command = {"op": "ask", "url": target.url, "action": action, "data": data or {}}
+        return self.generators.call([command], PHASE_TIMEOUT)[0]["data"]
+
+    def _gc_stats(self, target: Target, reset: bool) -> dict[str, Any] | None:
+        if not target.collects:
+            return None
+        return self._ask(target, GC_STATS_ACTION, {"reset": reset})
+
+    def _cpu(self, target: Target) -> CpuTimes | None:
+        return cpu_times(target.pid) if target.pid is not None else None
+
+    def _connect(self, target: Target, scenario: Scenario, result: Result) -> list[int]:
+        """Connect and authorize every user; returns the owner of each user."""
+        parts = slices(scenario.users, len(self.generators))
+        started = time.perf_counter()
+        answers = self.generators.call(
+            [
+                {
+                    "op": "connect",
+                    "url": target.url,
+                    "first": first,
+                    "count": count,
+                    "burst": scenario.burst,
+                    "timeout": PHASE_TIMEOUT,
+                }
+                for first, count in parts
+            ],
+            PHASE_TIMEOUT * (1 + scenario.users // max(1, scenario.burst)),
+        )
+        result.connect_seconds = time.perf_counter() - started
+        result.slowest_burst_seconds = max(a["slowest_burst_seconds"] for a in answers)
+        result.connections = sum(a["authorized"] for a in answers)
+        result.connect_failures = sum(a["failed"] for a in answers)
+        for answer in answers:
+            result.problems.extend(answer["failures"])
+        owner = []
+        for worker, (_, count) in enumerate(parts):
+            owner.extend([worker] * count)
+        return owner
+
+    # -- scenarios --------------------------------------------------------
+
+    def run(self, target: Target, scenario: Scenario) -> Result:
+        """Run ``scenario`` against ``target`` and return its figures."""
+        population = Population(
+            scenario.users, scenario.group_size if scenario.kind == "group" else 0
+        )
+        result = Result(
+            target=target.label,
+            scenario=scenario.name,
+            kind=scenario.kind,
+            users=scenario.users,
+            generator_processes=len(self.generators),
+        )
+        self.progress(f"{target.label}: {scenario.name}, {scenario.users} users")
+        target.begin(population)
+        try:
+            baseline = self._settled_rss(target)
+            if scenario.kind == "storm":
+                self._storm(target, scenario, result, baseline)
+            else:
+                self._traffic(target, scenario, population, result, baseline)
+            if baseline is not None:
+                result.server_rss_baseline_mb = baseline / 2**20
+            if isinstance(target, LocalServer):
+                target.check_alive()
+        finally:
+            with contextlib.suppress(BenchError):
+                self.generators.call_all({"op": "close"}, PHASE_TIMEOUT)
+            target.end()
+        result.complete = (
+            result.connect_failures == 0
+            and result.errors == 0
+            and result.acked == result.sent
+            and result.deliveries == result.expected_deliveries
+            and result.echoes == result.acked
+        )
+        return result
+
+    def _memory(self, target: Target, result: Result, baseline: int | None) -> None:
+        # The collection that settles memory also says how long a full one
+        # stops the server for with this many connections.
+        self._gc_stats(target, reset=True)
+        connected = self._settled_rss(target)
+        stats = self._gc_stats(target, reset=False)
+        if stats is not None:
+            result.server_full_gc_ms = stats["max_pause_ms"]
+        if connected is None or baseline is None:
+            return
+        result.server_rss_connected_mb = connected / 2**20
+        if result.connections:
+            result.rss_per_connection_kb = (connected - baseline) / result.connections / 1024
+
+    def _storm(
+        self, target: Target, scenario: Scenario, result: Result, baseline: int | None
+    ) -> None:
+        self._gc_stats(target, reset=True)
+        noise = Noise(self.generators, target)
+        before = self._cpu(target)
+        profiler = Profiler(self.profile_dir, target.pid, f"{target.label}-storm-{scenario.users}")
+        try:
+            self._connect(target, scenario, result)
+        finally:
+            result.profile = profiler.stop()
+        after = self._cpu(target)
+        noise.stop(result, result.connect_seconds or 0.0)
+        result.server_gc = self._gc_stats(target, reset=False)
+        if before is not None and after is not None:
+            result.server_cpu_seconds = after.seconds_since(before)
+            if result.connections:
+                result.server_cpu_us_per_connection = (
+                    result.server_cpu_seconds / result.connections * 1e6
+                )
+            if result.connect_seconds:
+                result.server_cpu_utilisation = result.server_cpu_seconds / result.connect_seconds
+        result.seconds = result.connect_seconds
+        self._memory(target, result, baseline)
+
+    def _traffic(
+        self,
+        target: Target,
+        scenario: Scenario,
+        population: Population,
+        result: Result,
+        baseline: int | None,
+    ) -> None:
+        if scenario.users < 2:
+            raise BenchError("a traffic scenario needs at least 2 users")
+        if scenario.kind == "group" and population.groups == 0:
+            raise BenchError("a group scenario needs at least one whole group")
+        owner = self._connect(target, scenario, result)
+        if result.connect_failures:
+            raise BenchError(
+                f"{result.connect_failures} clients failed to connect: {result.problems}"
+            )
+        self._memory(target, result, baseline)
+
+        workers = len(self.generators)
+        if scenario.kind == "open":
+            senders = list(range(scenario.users))
+            messages = round(scenario.rate * scenario.duration)
+            duration = scenario.duration * 1.5 + 5  # only a safety net: the rate sets the pace
+        else:
+            among = population.groups * population.group_size if scenario.kind == "group" else 0
+            senders = spread(scenario.senders, among or scenario.users)
+            messages = scenario.messages
+            duration = scenario.duration
+        by_worker: list[list[int]] = [[] for _ in range(workers)]
+        for sender in senders:
+            by_worker[owner[sender]].append(sender)
+        budgets = split(messages, [len(s) for s in by_worker])
+        commands = [
+            {
+                "op": "run",
+                "kind": scenario.kind,
+                "users": scenario.users,
+                "group_size": population.group_size,
+                "owner": owner,
+                "senders": by_worker[w],
+                "messages": budgets[w],
+                "inflight": scenario.inflight,
+                "duration": duration,
+                "rate": scenario.rate * len(by_worker[w]) / max(1, len(senders)),
+                "timeout": PHASE_TIMEOUT,
+            }
+            for w in range(workers)
+        ]
+
+        self._gc_stats(target, reset=True)
+        noise = Noise(self.generators, target)
+        before = self._cpu(target)
+        profiler = Profiler(
+            self.profile_dir, target.pid, f"{target.label}-{scenario.kind}-{scenario.users}"
+        )
+        started = time.perf_counter()
+        try:
+            ran = self.generators.call(commands, duration + 2 * PHASE_TIMEOUT)
+            deliveries = [sum(r["sent_to"][w] for r in ran) for w in range(workers)]
+            drained = self.generators.call(
+                [{"op": "drain", "deliveries": d, "timeout": PHASE_TIMEOUT} for d in deliveries],
+                2 * PHASE_TIMEOUT,
+            )
+            elapsed = time.perf_counter() - started
+        finally:
+            result.profile = profiler.stop()
+        after = self._cpu(target)
+        noise.stop(result, elapsed)
+        result.server_gc = self._gc_stats(target, reset=False)
+
+        result.seconds = elapsed
+        result.rate = scenario.rate or None
+        for d in drained:
+            result.sent += d["sent"]
+            result.acked += d["acked"]
+            result.errors += d["errors"]
+            result.echoes += d["echoes"]
+            result.deliveries += d["delivered"]
+            result.expected_deliveries += d["expected_deliveries"]
+            result.problems.extend(d["error_samples"])
+        result.pushes = result.deliveries + result.echoes
+        result.messages_per_second = result.acked / elapsed
+        result.pushes_per_second = result.pushes / elapsed
+        reply, delivery = array("q"), array("q")
+        for d in drained:
+            reply.extend(d["reply_ns"])
+            delivery.extend(d["delivery_ns"])
+        result.reply_ms = percentiles(reply)
+        result.delivery_ms = percentiles(delivery)
+        if scenario.kind == "open":
+            result.generator_max_lag_ms = max(d["max_lag_ns"] for d in drained) / 1e6
+        generator_cpu = sum(d["cpu_seconds"] for d in drained)
+        result.generator_cpu_seconds = generator_cpu
+        result.generator_cpu_utilisation = generator_cpu / elapsed / workers
+        if result.acked:
+            result.generator_cpu_us_per_message = generator_cpu / result.acked * 1e6
+        if result.pushes:
+            result.generator_cpu_us_per_push = generator_cpu / result.pushes * 1e6
+        if before is not None and after is not None:
+            cpu = after.seconds_since(before)
+            result.server_cpu_seconds = cpu
+            result.server_cpu_utilisation = cpu / elapsed
+            if result.acked:
+                result.server_cpu_us_per_message = cpu / result.acked * 1e6
+            if result.pushes:
+                result.server_cpu_us_per_push = cpu / result.pushes * 1e6
+        if target.pid is not None:
+            result.server_rss_end_mb = rss_bytes(target.pid) / 2**20
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = "unknown"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": sys.version.split()[0],
+        "clock_tick_hz": CLOCK_TICK_HZ,
+    }
