@@ -129,10 +129,14 @@ async def test_send_and_broadcast_from_the_server(serve, factory):
 
 
 class CountingFactory(ChatServerFactory):
-    prepared = 0
+    """Records every frame it prepares (encodes and frames)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prepared: list[bytes] = []
 
     def prepareMessage(self, payload, isBinary=False, doNotCompress=False):
-        self.prepared += 1
+        self.prepared.append(payload)
         return super().prepareMessage(payload, isBinary, doNotCompress)
 
 
@@ -144,7 +148,8 @@ async def test_a_push_is_encoded_once_for_all_its_recipients(serve):
     await members[0].send({"to": "team", "isGroup": True, "text": "to five connections"})
     for member in members:
         await member.next_push("chatMessage")
-    assert factory.prepared == 1
+    pushes = [p for p in factory.prepared if p.startswith(b'{"type":"chatMessage"')]
+    assert len(pushes) == 1
 
 
 ACTIONS = {"whoami": whoami, "sum": slow_sum}

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from chatserver.cluster import RedisCluster
@@ -110,6 +110,8 @@ class ChatServerFactory(WebSocketServerFactory):
             self.router = cluster
         self.cluster = cluster
         self.connections: set[ChatServerProtocol] = set()
+        self._to_flush: list[ChatServerProtocol] = []
+        self._flush_call: IDelayedCall | None = None
         self._in_flight: set[Deferred] = set()
         self.handler = ChatHandler(
             storage,
@@ -182,6 +184,19 @@ class ChatServerFactory(WebSocketServerFactory):
         if connection.opened:
             self.connections.discard(connection)
             self.events.emit(SOCKET_CLOSED, connection)
+
+    def flush_later(self, connection: ChatServerProtocol) -> None:
+        """Have ``connection`` write its frames at the end of this reactor
+        turn, with every other connection written to in it."""
+        self._to_flush.append(connection)
+        if self._flush_call is None:
+            self._flush_call = self.reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        connections, self._to_flush = self._to_flush, []
+        for connection in connections:
+            connection.flush()
 
     def track(self, request: Deferred) -> None:
         """Remember a request still waiting on storage, so that a shutdown
