@@ -116,3 +116,32 @@ def test_work_is_split_exactly():
     assert spread(10, 4) == [0, 1, 2, 3]
     stats = percentiles([1_000_000 * i for i in range(1, 101)])
     assert stats["p50"] == 51 and stats["max"] == 100 and stats["count"] == 100
+
+
+def test_two_workers_deliver_every_message():
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "chatserver.bench",
+            "--json",
+            "--workers",
+            "2",
+            "--scenario",
+            "direct",
+            "--users",
+            "20",
+            "--messages",
+            "300",
+            "--duration",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    [result] = json.loads(completed.stdout)["results"]
+    assert result["target"] == "chatserver x2"
+    assert result["acked"] == result["sent"] == 300
+    assert result["deliveries"] == result["expected_deliveries"]

@@ -7,7 +7,14 @@ import json
 import sys
 from pathlib import Path
 
-from chatserver.bench.processes import BenchError, Generators, LocalServer, RemoteServer, Target
+from chatserver.bench.processes import (
+    BenchError,
+    Generators,
+    LocalServer,
+    RedisServer,
+    RemoteServer,
+    Target,
+)
 from chatserver.bench.report import document, render
 from chatserver.bench.runner import Result, Runner, Scenario, machine
 from chatserver.bench.sysinfo import raise_open_files_limit
@@ -22,6 +29,16 @@ def _users(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
     if not values or min(values) < 2:
         raise argparse.ArgumentTypeError("each user count must be at least 2")
+    return values
+
+
+def _users_or_one(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError("each worker count must be at least 1")
     return values
 
 
@@ -111,6 +128,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="record each measured window of our server with py-spy into DIR",
     )
+    p.add_argument(
+        "--workers",
+        type=_users_or_one,
+        default=[1],
+        help="server processes: a list such as 1,2 runs every scenario with each "
+        "(above 1: --workers N on one port with a Redis the bench starts; throughput "
+        "and latency only)",
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     return p
 
@@ -161,12 +186,16 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--compare-pid goes with --compare")
     raise_open_files_limit()
     plan = scenarios(args)
+    redis = RedisServer() if max(args.workers) > 1 else None
     targets: list[Target] = [
         LocalServer(
             args.storage,
             claimed_ids=bool(args.storage) and not args.token_auth,
             extra_args=args.server_arg,
+            workers=workers,
+            redis=redis,
         )
+        for workers in args.workers
     ]
     if args.compare:
         targets.append(RemoteServer(args.compare, args.compare_pid))
@@ -188,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted", file=sys.stderr)
         return 130
     finally:
+        if redis is not None:
+            redis.stop()
         generators.close()
         for target in targets:
             target.end()

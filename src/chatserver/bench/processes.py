@@ -94,9 +94,51 @@ class RemoteServer(Target):
         self.label = label
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on (for servers that need a fixed one)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on a loopback port, for several workers."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(STOP_TIMEOUT)
+
+
 class LocalServer(Target):
     """Our server, started afresh for each scenario as ``python -m
-    chatserver`` on an ephemeral loopback port, and always stopped."""
+    chatserver`` on an ephemeral loopback port, and always stopped.
+
+    With ``workers`` above 1 it runs as ``--workers N`` on one port, the
+    workers reaching each other through ``redis``; CPU and memory are then not
+    read (they are spread over the workers), only throughput and latency.
+    """
 
     label = "chatserver"
     collects = True
@@ -106,6 +148,8 @@ class LocalServer(Target):
         storage: str | None = None,
         claimed_ids: bool = False,
         extra_args: list[str] | None = None,
+        workers: int = 1,
+        redis: RedisServer | None = None,
     ) -> None:
         """
         @param storage: a ``--storage`` value; C{None} for the bench's own
@@ -121,15 +165,34 @@ class LocalServer(Target):
         self.extra_args = [*unthrottled_options(), *(extra_args or [])]
         self.process: subprocess.Popen[bytes] | None = None
         self._log: Any = None
+        self.workers = workers
+        self.redis = redis
+        if workers > 1:
+            if redis is None:
+                raise ValueError("several workers need a Redis")
+            self.label = f"chatserver x{workers}"
+            self.collects = False
 
     def argv(self) -> list[str]:
         """The command that starts the server."""
+        if self.workers > 1:
+            assert self.redis is not None
+            self.port = free_port()
+            listen = [
+                "--port",
+                str(self.port),
+                "--workers",
+                str(self.workers),
+                "--redis",
+                self.redis.url,
+            ]
+        else:
+            listen = ["--endpoint", f"tcp:0:interface=127.0.0.1:backlog={BACKLOG}"]
         argv = [
             sys.executable,
             "-m",
             "chatserver",
-            "--endpoint",
-            f"tcp:0:interface=127.0.0.1:backlog={BACKLOG}",
+            *listen,
             "--storage",
             self.storage,
             "--open-actions",
@@ -150,16 +213,24 @@ class LocalServer(Target):
             env={**os.environ, **population.environment()},
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
-        self.pid = self.process.pid
+        self.pid = self.process.pid if self.workers == 1 else None
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
-            match = LISTENING.search(self.log())
-            if match:
+            log = self.log()
+            match = LISTENING.search(log)
+            if match and self.workers == 1:
                 self.url = f"ws://127.0.0.1:{int(match.group(1))}/"
+                return
+            if (
+                self.workers > 1
+                and len(LISTENING.findall(log)) >= self.workers
+                and log.count(b"Redis: subscribed") >= self.workers
+            ):
+                self.url = f"ws://127.0.0.1:{self.port}/"
                 return
             if self.process.poll() is not None:
                 break
-            time.sleep(0.05)
+            time.sleep(0.05)  # polling the log of a process we just started
         log = self.log().decode(errors="replace")
         self.end()
         raise BenchError(f"the server did not start:\n{log[-4000:]}")
