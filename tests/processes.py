@@ -34,7 +34,9 @@ class ServerProcess:
         self.url = f"ws://127.0.0.1:{self.port}"
 
     @classmethod
-    def twistd(cls, *options: str, cwd: Path | None = None) -> ServerProcess:
+    def twistd(cls, *options: str, cwd: Path | None = None, port: int = 0) -> ServerProcess:
+        """``twistd -n chatserver OPTIONS`` on ``port`` (0: an ephemeral one;
+        a fixed one to restart a server where it was)."""
         return cls(
             [
                 str(TWISTD),
@@ -42,11 +44,15 @@ class ServerProcess:
                 "--pidfile=",
                 "chatserver",
                 "--endpoint",
-                "tcp:0:interface=127.0.0.1",
+                f"tcp:{port}:interface=127.0.0.1",
                 *options,
             ],
             cwd=cwd,
         )
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def _read_some(self, deadline: float) -> bool:
         with selectors.DefaultSelector() as selector:
@@ -87,3 +93,18 @@ class ServerProcess:
             rest, _ = self.process.communicate()
         self.log += rest or b""
         return self.process.returncode
+
+
+def admin(*args: str, cwd: Path) -> str:
+    """Run ``python -m chatserver ARGS`` (users, groups) as an operator does;
+    return what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "chatserver", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()

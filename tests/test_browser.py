@@ -22,11 +22,9 @@ from tests.browser.harness import (
     CHROMIUM_ARGS,
     VIEWPORT,
     ChatSocket,
-    WebServerProcess,
-    admin,
     find_chromium,
 )
-from tests.processes import ROOT
+from tests.processes import ROOT, ServerProcess, admin
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -57,16 +55,16 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def servers() -> Iterator[list[WebServerProcess]]:
+def servers() -> Iterator[list[ServerProcess]]:
     """Servers started by the test, all stopped at teardown."""
-    started: list[WebServerProcess] = []
+    started: list[ServerProcess] = []
     yield started
     for server in started:
         server.stop()
 
 
-def start_server(servers: list, cwd: Path, *options: str, port: int = 0) -> WebServerProcess:
-    server = WebServerProcess.start(
+def start_server(servers: list, cwd: Path, *options: str, port: int = 0) -> ServerProcess:
+    server = ServerProcess.twistd(
         "--storage", f"sqlite:{cwd / 'chat.sqlite3'}", *options, cwd=cwd, port=port
     )
     servers.append(server)
@@ -76,7 +74,7 @@ def start_server(servers: list, cwd: Path, *options: str, port: int = 0) -> WebS
 class Person:
     """One browser context on the demo page: what a person sees and does."""
 
-    def __init__(self, browser: Browser, server: WebServerProcess, name: str) -> None:
+    def __init__(self, browser: Browser, server: ServerProcess, name: str) -> None:
         self.name = name
         self.context = browser.new_context(viewport=VIEWPORT)
         self.context.set_default_timeout(TIMEOUT_MS)
@@ -127,7 +125,7 @@ def people(browser, request) -> Iterator[Callable[..., Person]]:
     page had a JavaScript error."""
     opened: list[Person] = []
 
-    def open_page(server: WebServerProcess, name: str) -> Person:
+    def open_page(server: ServerProcess, name: str) -> Person:
         person = Person(browser, server, name)
         opened.append(person)
         return person
@@ -262,7 +260,7 @@ def test_errors_are_shown_in_words(people, servers, tmp_path):
     expect(refused.first.get_by_role("button", name="Retry")).to_be_visible()
 
 
-def get(server: WebServerProcess, path: str) -> tuple[int, str, str]:
+def get(server: ServerProcess, path: str) -> tuple[int, str, str]:
     """GET ``path``: status, Content-Type and body (an HTTP error is an answer too)."""
     try:
         with urllib.request.urlopen(server.http_url + path, timeout=10) as response:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import pytest_twisted
 
+from chatserver.bench.processes import RedisServer, free_port
 from chatserver.client import ChatClientProtocol, connect
 from tests.processes import ROOT, ServerProcess
 
@@ -26,61 +24,11 @@ def announce(connection, data):
 ACTIONS = {"announce": announce}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisProcess:
-    """A throwaway redis-server on a free port, restartable on the same port."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.tmp = tmp
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.start()
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                REDIS,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.tmp),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.05)  # polling a process we just started; no event to wait on
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-
 @pytest.fixture
 def redis(tmp_path):
     if subprocess.run(["which", REDIS], capture_output=True).returncode != 0:
         pytest.fail("redis-server is needed for the cluster tests (apt-get install redis-server)")
-    server = RedisProcess(tmp_path)
+    server = RedisServer(str(tmp_path))
     yield server
     server.stop()
 
@@ -249,7 +197,7 @@ async def test_workers_share_one_port(tmp_path, redis):
     )
     clients = []
     try:
-        assert supervisor.wait_for_log(b"Redis: subscribed", timeout=30)
+        assert supervisor.wait_for_log(b"Redis: subscribed", timeout=30, count=2)  # both workers
         url = f"ws://127.0.0.1:{port}"
         for n in range(20):
             client = await connect(url)

@@ -4,27 +4,11 @@ admin command."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import pytest_twisted
 
 from chatserver.client import RequestFailed, connect
-from tests.processes import ROOT, ServerProcess
-
-
-def admin(*args: str, cwd) -> str:
-    result = subprocess.run(
-        [sys.executable, "-m", "chatserver", *args],
-        cwd=cwd,
-        env={"PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
+from tests.processes import ServerProcess, admin
 
 
 @pytest_twisted.ensureDeferred

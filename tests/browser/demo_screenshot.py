@@ -17,10 +17,8 @@ from tests.browser.harness import (
     CHROMIUM_ARGS,
     VIEWPORT,
     ChatSocket,
-    WebServerProcess,
-    admin,
 )
-from tests.processes import ROOT
+from tests.processes import ROOT, ServerProcess, admin
 
 CONVERSATION = [
     ("bob", "Morning! Did the deploy go out?"),
@@ -39,7 +37,7 @@ def main(output: Path) -> None:
         for name in ("alice", "bob", "carol", "dave"):
             admin("users", "add", name, "--storage", storage, cwd=cwd)
         admin("groups", "add", "team", "alice", "bob", "carol", "--storage", storage, cwd=cwd)
-        server = WebServerProcess.start("--dev-auth", "--storage", storage, cwd=cwd)
+        server = ServerProcess.twistd("--dev-auth", "--storage", storage, cwd=cwd)
         try:
             people = {name: ChatSocket(server, name) for name in ("alice", "bob", "carol")}
             for sender, text in CONVERSATION[:-1]:
@@ -55,7 +53,7 @@ def main(output: Path) -> None:
             server.stop()
 
 
-def shoot(server: WebServerProcess, people: dict[str, ChatSocket], output: Path) -> None:
+def shoot(server: ServerProcess, people: dict[str, ChatSocket], output: Path) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport=VIEWPORT)

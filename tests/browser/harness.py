@@ -6,12 +6,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from websockets.sync.client import connect as ws_connect
 
-from tests.processes import ROOT, TWISTD, ServerProcess
+from tests.processes import ServerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -24,44 +23,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 VIEWPORT = {"width": 1000, "height": 650}
-
-
-class WebServerProcess(ServerProcess):
-    """``twistd -n chatserver`` serving the page and the WebSocket on one port:
-    an ephemeral one, or ``port`` (to restart a server where it was)."""
-
-    @classmethod
-    def start(cls, *options: str, cwd: Path, port: int = 0) -> WebServerProcess:
-        return cls(
-            [
-                str(TWISTD),
-                "--nodaemon",
-                "--pidfile=",
-                "chatserver",
-                "--endpoint",
-                f"tcp:{port}:interface=127.0.0.1",
-                *options,
-            ],
-            cwd=cwd,
-        )
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-def admin(*args: str, cwd: Path) -> str:
-    """Run ``python -m chatserver ARGS`` (users, groups) and return what it printed."""
-    done = subprocess.run(
-        [sys.executable, "-m", "chatserver", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=True,
-    )
-    return done.stdout
 
 
 def find_chromium() -> tuple[Path | None, str]:
@@ -88,7 +49,7 @@ def find_chromium() -> tuple[Path | None, str]:
 class ChatSocket:
     """A plain WebSocket client of the chat protocol, to set the scene."""
 
-    def __init__(self, server: WebServerProcess, name: str) -> None:
+    def __init__(self, server: ServerProcess, name: str) -> None:
         self.ws = ws_connect(f"{server.url}/ws", open_timeout=10)
         self.next_id = 1
         self.user = self.call("authorize", {"name": name})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from chatserver.bench.processes import (
@@ -22,24 +23,19 @@ from chatserver.bench.sysinfo import raise_open_files_limit
 KINDS = ("direct", "group", "open", "storm")
 
 
-def _users(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
-    if not values or min(values) < 2:
-        raise argparse.ArgumentTypeError("each user count must be at least 2")
-    return values
+def _counts(minimum: int, what: str) -> Callable[[str], list[int]]:
+    """A parser of comma-separated counts, each at least ``minimum``."""
 
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+        if not values or min(values) < minimum:
+            raise argparse.ArgumentTypeError(f"each {what} count must be at least {minimum}")
+        return values
 
-def _users_or_one(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("each worker count must be at least 1")
-    return values
+    return parse
 
 
 def _positive(text: str) -> int:
@@ -68,7 +64,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--users",
-        type=_users,
+        type=_counts(2, "user"),
         help="connected users: the list for `direct` (e.g. 100,1000,10000); `group` and "
         "`open` use the largest (default: 100,1000,10000 for direct, 1000 for the others)",
     )
@@ -130,7 +126,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workers",
-        type=_users_or_one,
+        type=_counts(1, "worker"),
         default=[1],
         help="server processes: a list such as 1,2 runs every scenario with each "
         "(above 1: --workers N on one port with a Redis the bench starts; throughput "

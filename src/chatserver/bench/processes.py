@@ -104,11 +104,19 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A throwaway ``redis-server`` on a loopback port, for several workers."""
+    """A throwaway ``redis-server`` on a free loopback port, keeping nothing
+    on disk; it can be stopped and started again on the same port."""
 
-    def __init__(self) -> None:
+    def __init__(self, workdir: str | None = None) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.workdir = workdir or tempfile.gettempdir()
+        self.start()
+
+    def start(self) -> None:
+        """Start it, and return once it answers PING."""
+        import socket
+
         self.process = subprocess.Popen(
             [
                 "redis-server",
@@ -120,14 +128,30 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                "--dir",
+                self.workdir,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.05)  # polling a process we just started; there is no event to wait on
+        raise BenchError("redis-server did not start")
 
     def stop(self) -> None:
-        self.process.terminate()
+        """Kill it (as a crash would)."""
+        self.process.kill()
         self.process.wait(STOP_TIMEOUT)
 
 
