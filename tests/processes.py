@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import re
-import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,11 +19,16 @@ LISTENING = re.compile(rb"(?:Site|ChatServerFactory) starting on (\d+)")
 
 class ServerProcess:
     """A chat server started with ``twistd -n chatserver`` (or any command
-    that logs Twisted's "starting on PORT" line) on an ephemeral port."""
+    that logs Twisted's "starting on PORT" line) on an ephemeral port.
+
+    A thread reads its output all along: a server whose log pipe fills up
+    blocks on its next log line.
+    """
 
     def __init__(self, argv: list[str], cwd: Path | None = None, env: dict | None = None) -> None:
         environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        self.log = b""
+        self._log = bytearray()
+        self._changed = threading.Condition()
         self.process = subprocess.Popen(
             argv,
             cwd=cwd or ROOT,
@@ -30,8 +36,44 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        self.port = self._wait_for_port(deadline=time.monotonic() + 30)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self.wait_for(lambda log: LISTENING.search(log), timeout=30):
+            self.stop()
+            raise RuntimeError(f"server did not start:\n{self.log.decode(errors='replace')}")
+        self.port = int(LISTENING.search(self.log).group(1))
         self.url = f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> bytes:
+        """Everything the server has written so far."""
+        with self._changed:
+            return bytes(self._log)
+
+    def _read(self) -> None:
+        stream = self.process.stdout
+        while chunk := stream.read1(65536):
+            with self._changed:
+                self._log += chunk
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()  # the end: nothing more will come
+
+    def wait_for(self, condition: Callable[[bytes], object], timeout: float) -> bool:
+        """Wait until ``condition(log)`` holds (or the output ends, or
+        ``timeout`` seconds pass); say whether it held."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while not condition(bytes(self._log)):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._reader.is_alive():
+                    return bool(condition(bytes(self._log)))
+                self._changed.wait(remaining)
+            return True
+
+    def wait_for_log(self, pattern: bytes, timeout: float = 10, count: int = 1) -> bool:
+        """Wait until ``pattern`` has appeared ``count`` times in the output."""
+        return self.wait_for(lambda log: log.count(pattern) >= count, timeout)
 
     @classmethod
     def twistd(cls, *options: str, cwd: Path | None = None, port: int = 0) -> ServerProcess:
@@ -54,44 +96,16 @@ class ServerProcess:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def _read_some(self, deadline: float) -> bool:
-        with selectors.DefaultSelector() as selector:
-            selector.register(self.process.stdout, selectors.EVENT_READ)
-            if not selector.select(timeout=max(0.0, deadline - time.monotonic())):
-                return False
-        chunk = os.read(self.process.stdout.fileno(), 65536)
-        self.log += chunk
-        return bool(chunk)
-
-    def _wait_for_port(self, deadline: float) -> int:
-        while time.monotonic() < deadline:
-            match = LISTENING.search(self.log)
-            if match:
-                return int(match.group(1))
-            if not self._read_some(deadline):
-                break
-        self.stop()
-        raise RuntimeError(f"server did not start:\n{self.log.decode(errors='replace')}")
-
-    def wait_for_log(self, pattern: bytes, timeout: float = 10, count: int = 1) -> bool:
-        """Read the server's output until ``pattern`` has appeared ``count``
-        times in all, or ``timeout`` seconds pass; say whether it did."""
-        deadline = time.monotonic() + timeout
-        while self.log.count(pattern) < count:
-            if time.monotonic() > deadline or not self._read_some(deadline):
-                return self.log.count(pattern) >= count
-        return True
-
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         """Stop the server and collect the rest of its log; returns its exit code."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
-            rest, _ = self.process.communicate(timeout=timeout)
+            self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            rest, _ = self.process.communicate()
-        self.log += rest or b""
+            self.process.wait()
+        self._reader.join(timeout)  # the rest of its output
         return self.process.returncode
 
 
