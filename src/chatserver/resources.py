@@ -8,7 +8,8 @@ from autobahn.twisted.resource import WebSocketResource
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from twisted.internet.defer import Deferred
 from twisted.python.filepath import FilePath
-from twisted.web.resource import NoResource, Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.static import File
 
@@ -101,7 +102,7 @@ class ChatRoot(Resource):
             return self.children[path]
         if self.static is not None:
             return self.static.getChildWithDefault(path, request)
-        return NoResource()
+        return notFound()
 
 
 class ChatSite(Site):

@@ -50,7 +50,7 @@ class ChatSocket:
     """A plain WebSocket client of the chat protocol, to set the scene."""
 
     def __init__(self, server: ServerProcess, name: str) -> None:
-        self.ws = ws_connect(f"{server.url}/ws", open_timeout=10)
+        self.ws = ws_connect(f"{server.url}/ws", open_timeout=10, legacy=True)
         self.next_id = 1
         self.user = self.call("authorize", {"name": name})
 
