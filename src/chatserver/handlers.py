@@ -184,8 +184,7 @@ class ChatHandler:
         self.log.failure("storage {operation} failed", failure, operation=operation)
         return Failure(ChatError(errors.STORAGE_ERROR, "storage is unavailable, try again"))
 
-    def _storage(self, method: Callable[..., object], *args: object) -> Deferred:
-        operation = method.__name__
+    def _storage(self, operation: str, method: Callable[..., object], *args: object) -> Deferred:
         started = perf_counter()
         d = maybeDeferred(method, *args)
         if d.called:  # an in-memory store: no need for a timer
@@ -206,7 +205,7 @@ class ChatHandler:
         """Identify the connection's user and register the connection as theirs."""
         if not isinstance(credentials, dict):
             raise ChatError(errors.INVALID_REQUEST, "authorize data must be an object")
-        d = self._storage(self._authorize, credentials)
+        d = self._storage("authorize", self._authorize, credentials)
         return d.addCallback(self._authorized, connection)
 
     def _authorized(self, user: object, connection: Connection) -> object:
@@ -255,16 +254,16 @@ class ChatHandler:
         message["createdAt"] = self._timestamps.format(self._clock.seconds())
         if message.pop("isGroup", False):
             message["isGroup"] = True
-            d = self._storage(self._group_user_ids, {"groupId": to})
+            d = self._storage("getGroupUserIds", self._group_user_ids, {"groupId": to})
             return d.addCallback(self._create_in_group, message)
-        d = self._storage(self._create, message)
+        d = self._storage("create", self._create, message)
         return d.addCallback(self._stored, (to, sender) if to != sender else (sender,))
 
     def _create_in_group(self, members: Iterable[object], message: dict) -> Deferred:
         member_ids = {str(m) for m in members}
         if message["from"] not in member_ids:
             raise ChatError(errors.NOT_GROUP_MEMBER, "you are not a member of this group")
-        d = self._storage(self._create, message)
+        d = self._storage("create", self._create, message)
         return d.addCallback(self._stored, member_ids)
 
     def _stored(self, stored: dict, recipients: Iterable[str]) -> dict:
@@ -285,15 +284,15 @@ class ChatHandler:
         query["limit"] = min(_count(data, "limit", 10), self.max_history)
         query["ids"] = [connection.user_id, other]
         if not query.pop("isGroup", False):
-            return self._storage(self._get_messages, query)
+            return self._storage("getMessages", self._get_messages, query)
         query["isGroup"] = True
-        d = self._storage(self._group_user_ids, {"groupId": other})
+        d = self._storage("getGroupUserIds", self._group_user_ids, {"groupId": other})
         return d.addCallback(self._member_history, connection.user_id, query)
 
     def _member_history(self, members: Iterable[object], user_id: str, query: dict) -> Deferred:
         if user_id not in {str(m) for m in members}:
             raise ChatError(errors.NOT_GROUP_MEMBER, "you are not a member of this group")
-        return self._storage(self._get_messages, query)
+        return self._storage("getMessages", self._get_messages, query)
 
     def probe_storage(self, timeout: float) -> Deferred:
         """Ask storage the cheapest question there is; fails if it cannot
@@ -314,7 +313,7 @@ class ChatHandler:
         message_id = _as_id(data.get("id", data.get("_id")) if isinstance(data, dict) else data)
         if message_id is None:
             raise ChatError(errors.INVALID_REQUEST, "read needs a message id")
-        d = self._storage(self._read, message_id, connection.user_id)
+        d = self._storage("read", self._read, message_id, connection.user_id)
         return d.addCallback(self._was_read, connection.user_id)
 
     def _was_read(self, message: dict | None, reader: str) -> dict:
