@@ -27,34 +27,39 @@ FIGURES = (
 )
 
 
-@pytest.fixture(scope="module")
-def quick_run():
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chatserver.bench",
-            "--quick",
-            "--json",
-            "--users",
-            "20",
-            "--messages",
-            "300",
-            "--duration",
-            "1",
-            "--rate",
-            "200",
-            "--storm-clients",
-            "30",
-            "--burst",
-            "10",
-        ],
+def bench(*args: str) -> subprocess.CompletedProcess:
+    """Run ``python -m chatserver.bench ARGS`` as a user does."""
+    return subprocess.run(
+        [sys.executable, "-m", "chatserver.bench", *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def bench_json(*args: str) -> dict:
+    completed = bench("--json", *args)
     assert completed.returncode == 0, completed.stderr
     return json.loads(completed.stdout)
+
+
+@pytest.fixture(scope="module")
+def quick_run():
+    return bench_json(
+        "--quick",
+        "--users",
+        "20",
+        "--messages",
+        "300",
+        "--duration",
+        "1",
+        "--rate",
+        "200",
+        "--storm-clients",
+        "30",
+        "--burst",
+        "10",
+    )
 
 
 def test_every_scenario_reports_its_figures(quick_run):
@@ -87,12 +92,7 @@ def test_every_message_is_acknowledged_and_delivered(quick_run):
 
 
 def test_bad_options_are_refused():
-    completed = subprocess.run(
-        [sys.executable, "-m", "chatserver.bench", "--users", "1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    completed = bench("--users", "1")
     assert completed.returncode == 2
     assert "at least 2" in completed.stderr
 
@@ -119,29 +119,19 @@ def test_work_is_split_exactly():
 
 
 def test_two_workers_deliver_every_message():
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chatserver.bench",
-            "--json",
-            "--workers",
-            "2",
-            "--scenario",
-            "direct",
-            "--users",
-            "20",
-            "--messages",
-            "300",
-            "--duration",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    run = bench_json(
+        "--workers",
+        "2",
+        "--scenario",
+        "direct",
+        "--users",
+        "20",
+        "--messages",
+        "300",
+        "--duration",
+        "1",
     )
-    assert completed.returncode == 0, completed.stderr
-    [result] = json.loads(completed.stdout)["results"]
+    [result] = run["results"]
     assert result["target"] == "chatserver x2"
     assert result["acked"] == result["sent"] == 300
     assert result["deliveries"] == result["expected_deliveries"]

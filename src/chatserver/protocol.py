@@ -207,11 +207,9 @@ class ChatServerProtocol(WebSocketServerProtocol):
             self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
 
     def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
-        """Write an already framed message.
-
-        Straight to the transport: Autobahn's C{sendData} formats debug-log
-        arguments for every frame, a large share of a push's cost.
-        """
+        """Write an already framed message, bypassing Autobahn's C{sendData}
+        (it formats debug-log arguments for every frame, a large share of a
+        push's cost)."""
         if self.state != self.STATE_OPEN:
             return  # no data frames after our close frame (RFC 6455, 5.5.1)
         frame = preparedMsg.payloadHybi

@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -96,8 +97,6 @@ class RemoteServer(Target):
 
 def free_port() -> int:
     """A loopback TCP port nothing listens on (for servers that need a fixed one)."""
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -115,8 +114,6 @@ class RedisServer:
 
     def start(self) -> None:
         """Start it, and return once it answers PING."""
-        import socket
-
         self.process = subprocess.Popen(
             [
                 "redis-server",
