@@ -1,14 +1,34 @@
 """The storage contract: what the chat server asks of the application.
 
-The five methods mirror node-chat-server's storage callbacks, with Deferreds
-instead of callbacks. They are split into three narrow interfaces so that an
-application can take, say, authorization from one place and messages from
-another (see :class:`chatserver.CombinedStorage`); :class:`IChatStorage` is all
-three at once, and is what :class:`chatserver.ChatServerFactory` accepts.
+The five methods of :class:`IChatStorage` mirror node-chat-server's storage
+callbacks, with Deferreds instead of callbacks. They are split into three
+narrow interfaces so that an application can take, say, authorization from one
+place and messages from another (see :class:`chatserver.CombinedStorage`).
 
-A method may also return a plain value or a coroutine; the server wraps it.
-Failing with :class:`chatserver.ChatError` sends that error code to the client;
-any other failure is logged and reported to the client as ``storageError``.
+Everything else is optional: a store that also provides one of the interfaces
+below unlocks what it describes, and a store that does not still runs every
+other part of the server (the actions that need it answer ``notSupported``).
+
+- :class:`IUserDirectory`: the ``getUsersAndGroups`` directory action and
+  the names the web page shows.
+- :class:`IConversationStore`: ``getConversations`` and history cursors
+  (``before``/``after``), hence catch-up after a reconnect.
+- :class:`IAccountStore`: the admin commands (``python -m chatserver users
+  ...``) and, through :class:`ISessionRevocations`, ending a removed user's
+  live sessions.
+
+Naming: methods the chat protocol calls mirror its wire names (camelCase, one
+query dict, as the seed's five); administration methods are plain Python
+(snake_case, keyword arguments).
+
+A method may return a Deferred, a plain value or a coroutine; the server wraps
+it. Failing with :class:`chatserver.ChatError` sends that error code to the
+client; any other failure is logged and reported to the client as
+``storageError``.
+
+Ordering, everywhere: the messages of one conversation are ordered by
+``createdAt`` and, for equal ``createdAt``, by insertion (the order in which
+``create`` was called). "Newest first" is the reverse of that order.
 """
 
 from __future__ import annotations
@@ -24,8 +44,8 @@ class IAuthorizer(Interface):
         Find the user that ``credentials`` (the ``data`` of the client's
         ``authorize`` request, usually ``{"token": ...}``) identify.
 
-        @return: a Deferred firing with the user object, a dict carrying
-            ``id`` or ``_id``, or with C{None} to refuse.
+        :return: a Deferred firing with the user object, a dict carrying
+            ``id`` or ``_id``, or with ``None`` to refuse.
         """
 
 
@@ -40,9 +60,10 @@ class IMessageStore(Interface):
 
         If the message carries ``clientMessageId``, storing it again for the
         same sender must not store a second copy: it fires with the message
-        stored the first time.
+        stored the first time (the server compares the two and refuses a
+        reuse of the id for a different message).
 
-        @return: a Deferred firing with the stored message, including its id
+        :return: a Deferred firing with the stored message, including its id
             as ``_id`` (or ``id``).
         """
 
@@ -56,7 +77,10 @@ class IMessageStore(Interface):
         message sent to that group. ``skip`` and ``limit`` are non-negative
         integers; anything else the client sent is passed along.
 
-        @return: a Deferred firing with a list of messages.
+        A store that provides :class:`IConversationStore` also honours the
+        cursors ``before`` and ``after`` here (see there).
+
+        :return: a Deferred firing with a list of messages.
         """
 
     def read(messageId: str, userId: str) -> object:
@@ -66,7 +90,7 @@ class IMessageStore(Interface):
         Only a recipient may do so: the ``to`` of a direct message, or a
         member of the group (other than the sender) for a group message.
 
-        @return: a Deferred firing with the updated message, or with C{None}
+        :return: a Deferred firing with the updated message, or with ``None``
             when there is no such message or ``userId`` may not read it.
         """
 
@@ -78,7 +102,7 @@ class IGroupDirectory(Interface):
         """
         List the members of group ``data["groupId"]``.
 
-        @return: a Deferred firing with a list of user ids (an unknown group
+        :return: a Deferred firing with a list of user ids (an unknown group
             has no members).
         """
 
@@ -88,15 +112,187 @@ class IChatStorage(IAuthorizer, IMessageStore, IGroupDirectory):
 
 
 class IUserDirectory(Interface):
-    """Optional: lists the users and groups a store knows, for user
-    interfaces such as the web demo's ``getUsersAndGroups`` action."""
+    """Optional: whom a user can talk to, a page at a time.
 
-    def list_users() -> object:
+    Each method must be served from indexes: its cost grows with the page
+    asked for (and the number of groups the user is in), never with the
+    number of users or messages stored. Pages are ordered by id (string
+    order) and start after the id ``query["after"]`` (``None``: from the
+    start); ``query["limit"]`` is a positive integer (the server caps it).
+    """
+
+    def listContacts(query: dict) -> object:
         """
-        @return: a Deferred firing with every user as ``{"id", "name"}``.
+        The contacts of ``query["userId"]``: every user who shares a group
+        or a direct conversation with them, themselves excluded.
+
+        :return: a Deferred firing with at most ``limit`` users as
+            ``{"id": str, "name": str}``, ordered by id.
         """
 
-    def list_groups() -> object:
+    def listGroups(query: dict) -> object:
         """
-        @return: a Deferred firing with every group as ``{"id", "members"}``.
+        The groups ``query["userId"]`` belongs to.
+
+        :return: a Deferred firing with at most ``limit`` groups as
+            ``{"id": str, "name": str}`` (the name defaults to the id),
+            ordered by id.
+        """
+
+    def listUsers(query: dict) -> object:
+        """
+        Every user the store knows (for ``--directory all``, meant for
+        demos), regardless of ``query["userId"]``.
+
+        :return: a Deferred firing with at most ``limit`` users as
+            ``{"id": str, "name": str}``, ordered by id.
+        """
+
+    def getUsers(userIds: list) -> object:
+        """
+        The users among ``userIds`` that the store knows (at most the
+        server's page size of ids per call).
+
+        :return: a Deferred firing with a dict ``{id: {"id", "name"}}``;
+            unknown ids are left out.
+        """
+
+
+class IConversationStore(Interface):
+    """Optional: the conversation list and history cursors.
+
+    A store providing it keeps a per-user conversation index, updated on
+    ``create`` and ``read``, so that neither method scans messages.
+    """
+
+    def getConversations(query: dict) -> object:
+        """
+        The conversations ``query["userId"]`` is part of, ordered by their
+        last message, newest first: a direct conversation once the user has
+        sent or received a message in it, a group conversation once a
+        message was sent to the group while the user was a member.
+
+        ``query["limit"]`` is a positive integer (the server caps it);
+        ``query["before"]`` is ``None`` or the ``next`` of an earlier page.
+
+        :return: a Deferred firing with ``{"conversations": [...], "next":
+            cursor or None}``. Each conversation is ``{"with": id,
+            "isGroup": bool, "last": <the last message, as getMessages
+            returns it>, "unread": n}``, where ``unread`` counts the
+            messages to the user, not from the user, that the user has not
+            read (direct: without ``read: true``; group: the user not in
+            ``readBy``). ``next`` is an opaque string, ``None`` on the last
+            page.
+        """
+
+    # And, in getMessages, the cursors:
+    #
+    # - ``query["before"]``: a message id of this conversation; the page
+    #   holds the messages before it in the conversation's order, newest
+    #   first (as without a cursor).
+    # - ``query["after"]``: a message id of this conversation; the page holds
+    #   the messages after it, **oldest first**, for catching up.
+    #
+    # The server never sends both, nor a cursor with ``skip``. A cursor that
+    # names no message of this conversation fails the call with
+    # ``ChatError("notFound", ...)``.
+
+
+class ISessionRevocations(Interface):
+    """Optional: lets the server end the live sessions of users whom an
+    operator removed or disconnected, on every node (each node polls)."""
+
+    def revocationsAfter(cursor: object) -> object:
+        """
+        The users whose sessions were revoked after ``cursor``.
+
+        ``cursor`` is ``None`` on the first call: the store then fires with
+        no users and the cursor of "now". Cursors are opaque to the server
+        (any value the store can encode as JSON).
+
+        :return: a Deferred firing with ``(user_ids, cursor)``: the ids
+            revoked since ``cursor`` (duplicates allowed) and the cursor to
+            pass next time.
+        """
+
+
+class IAccountStore(Interface):
+    """Optional: provisioning, for the admin commands and applications.
+
+    Every method returns a Deferred. Ids and names are non-empty strings;
+    a method given an empty one fails with ``ValueError``.
+    """
+
+    def add_user(user_id: str, name: str | None = None, token: str | None = None) -> object:
+        """
+        Create a user who signs in with ``token`` (a new random one if
+        ``None``); only a hash of the token is kept.
+
+        :return: a Deferred firing with the token; failing with
+            ``ValueError`` if the user exists or the token is taken.
+        """
+
+    def set_token(user_id: str, token: str | None = None) -> object:
+        """
+        Give an existing user a new token (random if ``None``); the old one
+        stops working and the user's live sessions end.
+
+        :return: a Deferred firing with the token; failing with
+            ``LookupError`` for an unknown user.
+        """
+
+    def get_user(user_id: str) -> object:
+        """:return: a Deferred firing with ``{"id", "name"}`` or ``None``."""
+
+    def remove_user(user_id: str) -> object:
+        """
+        Delete a user (their token stops working, their group memberships
+        go, their messages stay) and revoke their live sessions.
+
+        :return: a Deferred firing with whether the user existed.
+        """
+
+    def revoke_sessions(user_id: str) -> object:
+        """
+        End the user's live sessions on every node (they may sign in again).
+
+        :return: a Deferred firing with ``None``.
+        """
+
+    def list_all_users(after: str | None = None, limit: int = 100) -> object:
+        """:return: a Deferred firing with a page of ``{"id", "name"}`` by id."""
+
+    def add_group(group_id: str, member_ids: list, name: str | None = None) -> object:
+        """
+        Create group ``group_id`` with these members (in this order,
+        duplicates dropped), or replace an existing group's members (and
+        name, if given).
+
+        :return: a Deferred firing with ``None``.
+        """
+
+    def get_group(group_id: str) -> object:
+        """:return: a Deferred firing with ``{"id", "name", "members"}`` or ``None``."""
+
+    def remove_group(group_id: str) -> object:
+        """
+        Delete a group and its memberships; its messages stay.
+
+        :return: a Deferred firing with whether it existed.
+        """
+
+    def add_member(group_id: str, user_id: str) -> object:
+        """
+        :return: a Deferred firing with whether ``user_id`` was added (False:
+            already a member); failing with ``LookupError`` for an unknown
+            group.
+        """
+
+    def remove_member(group_id: str, user_id: str) -> object:
+        """:return: a Deferred firing with whether ``user_id`` was a member."""
+
+    def list_all_groups(after: str | None = None, limit: int = 100) -> object:
+        """
+        :return: a Deferred firing with a page of groups as ``{"id", "name",
+            "members"}``, by id.
         """
