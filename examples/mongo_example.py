@@ -35,7 +35,7 @@ from twisted.logger import (
 from txmongo import filter as qf
 from txmongo.database import Database
 
-from chatserver import ChatServerFactory
+from chatserver import build_server
 from chatserver.storage.mongo import MongoStorage
 
 DEMO_USERS = {"alice": "Alice", "bob": "Bob", "carol": "Carol"}
@@ -78,7 +78,7 @@ def main(argv: list[str]) -> None:
         user = connection.user
         return storage.users_and_groups(str(user.get("_id", user.get("id"))))
 
-    factory = ChatServerFactory(storage, actions={"getUsersAndGroups": get_users_and_groups})
+    server = build_server(storage, actions={"getUsersAndGroups": get_users_and_groups})
 
     async def start() -> None:
         # Outside twistd nothing starts the storage service for us.
@@ -89,7 +89,7 @@ def main(argv: list[str]) -> None:
                 await storage.add_user(user_id, name=name, token=f"{user_id}-token")
             for group_id, members in DEMO_GROUPS.items():
                 await storage.add_group(group_id, members, name=group_id.title())
-        await serverFromString(reactor, args.port).listen(factory)
+        await serverFromString(reactor, args.port).listen(server.site)
 
     def failed(failure: Any) -> None:
         failure.printTraceback()

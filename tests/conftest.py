@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import serverFromString
 
-from chatserver import ChatServerFactory, MemoryStorage
+from chatserver import ChatServer, MemoryStorage, build_server
 from chatserver.client import ChatClientProtocol, connect
 from chatserver.limits import Limits
 
@@ -39,7 +39,7 @@ def demo_storage() -> MemoryStorage:
 
 @dataclass
 class RunningServer:
-    factory: ChatServerFactory
+    app: ChatServer
     url: str
     port: Any
     clients: list[ChatClientProtocol] = field(default_factory=list)
@@ -55,9 +55,11 @@ class RunningServer:
         return client
 
 
-async def start_server(factory: ChatServerFactory) -> RunningServer:
-    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
-    return RunningServer(factory, f"ws://127.0.0.1:{port.getHost().port}", port)
+async def start_server(app: ChatServer) -> RunningServer:
+    """Listen with ``app``'s site (the WebSocket on any path, and HTTP) on a
+    loopback port."""
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(app.site)
+    return RunningServer(app, f"ws://127.0.0.1:{port.getHost().port}", port)
 
 
 async def stop_server(server: RunningServer) -> None:
@@ -69,29 +71,29 @@ async def stop_server(server: RunningServer) -> None:
 
 
 @pytest.fixture
-def make_factory() -> Callable[..., ChatServerFactory]:
-    def make(storage: Any = None, **kwargs: Any) -> ChatServerFactory:
+def make_server() -> Callable[..., ChatServer]:
+    def make(storage: Any = None, **kwargs: Any) -> ChatServer:
         # Tests send far faster than people type: rate limits are tested on their own.
         kwargs.setdefault("limits", Limits(rate=0))
-        return ChatServerFactory(storage if storage is not None else demo_storage(), **kwargs)
+        return build_server(storage if storage is not None else demo_storage(), **kwargs)
 
     return make
 
 
 @pytest_twisted.async_yield_fixture
-async def server(make_factory: Callable[..., ChatServerFactory]) -> AsyncIterator[RunningServer]:
-    running = await start_server(make_factory())
+async def server(make_server: Callable[..., ChatServer]) -> AsyncIterator[RunningServer]:
+    running = await start_server(make_server())
     yield running
     await stop_server(running)
 
 
 @pytest_twisted.async_yield_fixture
 async def serve() -> AsyncIterator[Callable[..., Any]]:
-    """Start servers with factories of the test's own; all stopped at teardown."""
+    """Start servers built by the test itself; all stopped at teardown."""
     started: list[RunningServer] = []
 
-    async def start(factory: ChatServerFactory) -> RunningServer:
-        running = await start_server(factory)
+    async def start(app: ChatServer) -> RunningServer:
+        running = await start_server(app)
         started.append(running)
         return running
 

@@ -50,7 +50,7 @@ async def test_direct_message_is_stored_then_pushed_to_both_sides(server):
 @pytest_twisted.ensureDeferred
 async def test_integer_ids_are_strings_on_the_server(server):
     # chat-client's README authorizes with {token: 123}; ids may be numbers too.
-    server.factory.storage.add_user({"id": 7}, "123")
+    server.app.storage.add_user({"id": 7}, "123")
     seven = await server.connect()
     assert (await seven.authorize(token=123))["id"] == 7
     alice = await server.login("alice")
@@ -71,7 +71,7 @@ async def test_every_connection_of_a_user_gets_the_push(server):
     await bob_phone.closed
     again = await alice.send({"to": "bob", "text": "laptop only"})
     assert await bob_laptop.next_push("chatMessage") == again
-    assert len(server.factory.registry.connections("bob")) == 1
+    assert len(server.app.registry.sessions("bob")) == 1
 
 
 @pytest_twisted.ensureDeferred

@@ -18,7 +18,7 @@ REDIS = "redis-server"
 
 def announce(connection, data):
     """A custom action: a server-side broadcast, started from one node."""
-    return connection.factory.broadcast("announcement", data)
+    return connection.server.broadcast("announcement", data)
 
 
 ACTIONS = {"announce": announce}

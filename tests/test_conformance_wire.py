@@ -34,17 +34,19 @@ from twisted.internet.endpoints import serverFromString
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatserver import ChatError, ChatServerFactory, IChatStorage, Limits, MemoryStorage
+from chatserver import ChatError, IChatStorage, Limits, MemoryStorage, build_server
 from chatserver.client import ChatClientProtocol, RequestFailed, connect
-from chatserver.errors import AUTHORIZATION_FAILED, INVALID_REQUEST, NOT_FOUND
+from chatserver.errors import AUTHORIZATION_FAILED, CONFLICT, INVALID_REQUEST, NOT_FOUND
 from chatserver.events import SOCKET_CLOSED
-from chatserver.handlers import MAX_ID_LENGTH
+from chatserver.handlers.chat import MAX_ID_LENGTH
 from chatserver.storage.sqlite import SQLiteStorage
 from chatserver.testing import StorageConformanceTests
 from chatserver.testing.conformance import MALFORMED_IDS, message_id
 
 # The suite sends far faster than people type: rate limits are tested on their own.
-LIMITS = Limits(rate=0)
+# It pipelines hundreds of requests on one connection, far past a client's
+# share of requests in flight.
+LIMITS = Limits(rate=0, max_in_flight=0)
 # How long stopping may wait for the server to see every connection go.
 STOP_TIMEOUT = 5.0
 # The user the adapter asks group questions as.
@@ -123,9 +125,10 @@ class WireStorage:
     def __init__(self, backend: Any, add_user: Callable[[str, str], Any]) -> None:
         self.backend = backend
         self._add_user = add_user
-        self.factory = ChatServerFactory(
+        self.app = build_server(
             backend, actions={"groupMembers": self._group_members}, limits=LIMITS
         )
+        self.factory = self.app.factory
         self.url = ""
         self._port: Any = None
         self._tokens: dict[str, str] = {}
@@ -137,7 +140,7 @@ class WireStorage:
 
     async def start(self) -> None:
         endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
-        self._port = await endpoint.listen(self.factory)
+        self._port = await endpoint.listen(self.app.site)
         self.url = f"ws://127.0.0.1:{self._port.getHost().port}"
 
     async def stop(self) -> None:
@@ -150,7 +153,7 @@ class WireStorage:
             await DeferredList([client.closed for client in self._clients])
             await self._server_idle()
             assert not self.factory.connections, "the server still holds connections"
-            assert not self.factory.registry.user_ids(), "the server still lists users online"
+            assert not self.app.registry.user_ids(), "the server still lists users online"
         finally:
             await self._port.stopListening()
 
@@ -159,10 +162,10 @@ class WireStorage:
 
         def check(_connection: object = None) -> None:
             if not self.factory.connections and not idle.called:
-                self.factory.off(SOCKET_CLOSED, check)
+                self.app.api.off(SOCKET_CLOSED, check)
                 idle.callback(None)
 
-        self.factory.on(SOCKET_CLOSED, check)
+        self.app.api.on(SOCKET_CLOSED, check)
         check()
         return idle.addTimeout(STOP_TIMEOUT, reactor)
 
@@ -356,6 +359,24 @@ class WireConformanceTests(StorageConformanceTests):
     )
     def test_read_a_malformed_id(self) -> None:
         pass
+
+    @pytest_twisted.ensureDeferred
+    async def test_a_resent_client_message_id_is_stored_once(self, storage: WireStorage) -> None:
+        # Over the wire an identical resend gets the first copy back, and a
+        # clientMessageId reused for other content is refused.
+        firsts = []
+        for client_id in ("c1", 42):  # any JSON value the client chose
+            sent = self.message("alice", "bob", f"{client_id}", clientMessageId=client_id)
+            first = await self.create(storage, sent)
+            again = await storage.create(dict(sent))
+            assert message_id(again) == message_id(first)
+            resent = self.message("alice", "bob", "retry", clientMessageId=client_id)
+            with pytest.raises(RequestFailed) as error:
+                await storage.create(resent)
+            assert error.value.code == CONFLICT
+            firsts.append(first)
+        history = await self.history(storage, "alice", "bob")
+        assert self.ids(history) == self.ids(reversed(firsts))
 
     @pytest_twisted.ensureDeferred
     async def test_a_thousand_concurrent_creates(self, storage: WireStorage) -> None:

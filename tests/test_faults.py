@@ -17,7 +17,7 @@ from twisted.internet.task import deferLater
 from chatserver import MemoryStorage
 from chatserver.client import RequestFailed, connect
 from chatserver.options import Options
-from chatserver.service import make_service
+from chatserver.tap import make_service
 from tests.conftest import add_demo_users
 from tests.processes import ServerProcess
 
@@ -55,9 +55,9 @@ class CommitsThenFails(MemoryStorage):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_retry_after_a_failed_ack_stores_the_message_once(serve, make_factory):
+async def test_a_retry_after_a_failed_ack_stores_the_message_once(serve, make_server):
     storage = add_demo_users(CommitsThenFails())
-    server = await serve(make_factory(storage))
+    server = await serve(make_server(storage))
     alice = await server.login("alice")
     bob = await server.login("bob")
     message = {"to": "bob", "text": "exactly once", "clientMessageId": "m-1"}
@@ -92,7 +92,7 @@ async def test_shutdown_acknowledges_requests_in_flight_then_says_going_away():
         assert stored["text"] == "in flight"
         assert await alice.closed == (1001, "server shutting down")
         await stopped
-        history = await service.factory.storage.getMessages({"ids": ["bob", "alice"]})
+        history = await service.storage.getMessages({"ids": ["bob", "alice"]})
         assert [m["_id"] for m in history] == [stored["_id"]]
     finally:
         STARTED.clear()
@@ -146,13 +146,13 @@ def self_signed_certificate(path) -> bytes:
 
 
 @pytest_twisted.ensureDeferred
-async def test_wss_with_the_ssl_endpoint(tmp_path, make_factory):
+async def test_wss_with_the_ssl_endpoint(tmp_path, make_server):
     cert_pem = self_signed_certificate(tmp_path)
     description = (
         f"ssl:0:interface=127.0.0.1:privateKey={tmp_path / 'key.pem'}"
         f":certKey={tmp_path / 'cert.pem'}"
     )
-    port = await serverFromString(reactor, description).listen(make_factory())
+    port = await serverFromString(reactor, description).listen(make_server().site)
     url = f"wss://localhost:{port.getHost().port}"
     trust = ssl.optionsForClientTLS("localhost", trustRoot=ssl.Certificate.loadPEM(cert_pem))
     clients = []

@@ -13,7 +13,7 @@ from twisted.web.client import Agent, readBody
 from chatserver import MemoryStorage
 from chatserver.client import connect
 from chatserver.options import Options
-from chatserver.service import make_service
+from chatserver.tap import make_service
 from tests.conftest import add_demo_users
 
 

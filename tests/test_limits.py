@@ -17,14 +17,13 @@ from tests.test_bad_input import assert_others_still_chat
 UNLIMITED = {"rate": 0}
 
 
-async def start(serve, make_factory, **limits):
-    factory = make_factory(limits=Limits(**{**UNLIMITED, **limits}))
-    return await serve(factory)
+async def start(serve, make_server, **limits):
+    return await serve(make_server(limits=Limits(**{**UNLIMITED, **limits})))
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_frame_over_the_limit_closes_with_1009(serve, make_factory):
-    server = await start(serve, make_factory, max_frame_bytes=10_000, max_request_bytes=5_000)
+async def test_a_frame_over_the_limit_closes_with_1009(serve, make_server):
+    server = await start(serve, make_server, max_frame_bytes=10_000, max_request_bytes=5_000)
     client = await server.login("alice")
     client.send_raw(
         b'{"id": 1, "type": "create", "data": {"to": "bob", "text": "' + b"x" * 20_000 + b'"}}'
@@ -35,8 +34,8 @@ async def test_a_frame_over_the_limit_closes_with_1009(serve, make_factory):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_request_over_the_request_limit_gets_too_large(serve, make_factory):
-    server = await start(serve, make_factory, max_frame_bytes=10_000, max_request_bytes=5_000)
+async def test_a_request_over_the_request_limit_gets_too_large(serve, make_server):
+    server = await start(serve, make_server, max_frame_bytes=10_000, max_request_bytes=5_000)
     alice = await server.login("alice")
     with pytest.raises(RequestFailed) as info:
         await alice.send({"to": "bob", "text": "x" * 6_000})
@@ -46,8 +45,8 @@ async def test_a_request_over_the_request_limit_gets_too_large(serve, make_facto
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_connection_that_does_not_authorize_in_time_is_closed(serve, make_factory):
-    server = await start(serve, make_factory, authorize_timeout=0.3)
+async def test_a_connection_that_does_not_authorize_in_time_is_closed(serve, make_server):
+    server = await start(serve, make_server, authorize_timeout=0.3)
     idle = await server.connect()
     alice = await server.login("alice")
     code, reason = await idle.closed
@@ -58,8 +57,8 @@ async def test_a_connection_that_does_not_authorize_in_time_is_closed(serve, mak
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_flood_is_rate_limited_then_disconnected(serve, make_factory):
-    server = await start(serve, make_factory, rate=5, burst=5, max_strikes=30)
+async def test_a_flood_is_rate_limited_then_disconnected(serve, make_server):
+    server = await start(serve, make_server, rate=5, burst=5, max_strikes=30)
     flooder = await server.login("dave")
     bob = await server.login("bob")
     outcomes = []
@@ -81,8 +80,8 @@ async def test_a_flood_is_rate_limited_then_disconnected(serve, make_factory):
 
 
 @pytest_twisted.ensureDeferred
-async def test_connections_per_user_are_capped(serve, make_factory):
-    server = await start(serve, make_factory, max_connections_per_user=2)
+async def test_connections_per_user_are_capped(serve, make_server):
+    server = await start(serve, make_server, max_connections_per_user=2)
     first, second = await server.login("alice"), await server.login("alice")
     third = await server.connect()
     with pytest.raises(ConnectionClosed):
@@ -95,8 +94,8 @@ async def test_connections_per_user_are_capped(serve, make_factory):
 
 
 @pytest_twisted.ensureDeferred
-async def test_connections_in_total_are_capped(serve, make_factory):
-    server = await start(serve, make_factory, max_connections=3)
+async def test_connections_in_total_are_capped(serve, make_server):
+    server = await start(serve, make_server, max_connections=3)
     clients = [await server.connect() for _ in range(3)]
     with pytest.raises(ConnectionClosed):
         await connect(server.url)
@@ -106,31 +105,30 @@ async def test_connections_in_total_are_capped(serve, make_factory):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_client_that_stops_reading_is_dropped(serve, make_factory):
-    server = await start(serve, make_factory, max_buffered_bytes=256 * 1024)
-    factory = server.factory
+async def test_a_client_that_stops_reading_is_dropped(serve, make_server):
+    server = await start(serve, make_server, max_buffered_bytes=256 * 1024)
+    app = server.app
     reader = await server.login("bob")
     stalled = await server.login("carol")
     stalled.transport.pauseProducing()  # carol's app hangs: nothing is read
     chunk = "x" * 64 * 1024
     for _ in range(1000):  # at most 64 MB, far more than any socket buffers
-        if not factory.registry.connections("carol"):
+        if not app.registry.sessions("carol"):
             break
-        factory.send("bulk", chunk, ["carol", "bob"])
+        app.api.send("bulk", chunk, ["carol", "bob"])
         await reader.next_push("bulk")
         await deferLater(reactor, 0, lambda: None)
-    server_side = next(iter(factory.registry.connections("carol")), None)
-    assert server_side is None, (server_side._paused, server_side._queued_while_paused)
-    assert len(factory.registry.connections("bob")) == 1
+    server_side = next(iter(app.registry.sessions("carol")), None)
+    assert server_side is None, server_side
+    assert len(app.registry.sessions("bob")) == 1
     stalled.transport.resumeProducing()
     await stalled.closed
     await assert_others_still_chat(server)
 
 
 @pytest_twisted.ensureDeferred
-async def test_only_allowed_origins_may_connect(serve, make_factory):
-    factory = make_factory(allowed_origins=["https://chat.example.com"])
-    server = await serve(factory)
+async def test_only_allowed_origins_may_connect(serve, make_server):
+    server = await serve(make_server(allowed_origins=["https://chat.example.com"]))
     with pytest.raises(ConnectionClosed):
         await connect(server.url, headers={"Origin": "https://evil.example.net"})
     ok = await connect(server.url, headers={"Origin": "https://chat.example.com"})
@@ -157,9 +155,9 @@ class HungStorage(MemoryStorage):
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_storage_call_that_never_answers_times_out(serve, make_factory):
+async def test_a_storage_call_that_never_answers_times_out(serve, make_server):
     storage = add_demo_users(HungStorage())
-    server = await serve(make_factory(storage, limits=Limits(rate=0, storage_timeout=0.3)))
+    server = await serve(make_server(storage, limits=Limits(rate=0, storage_timeout=0.3)))
     alice = await server.login("alice")
     bob = await server.login("bob")
     with pytest.raises(RequestFailed) as info:

@@ -59,11 +59,10 @@ async def flood(client: ChatClientProtocol, to: str) -> int:
 
 
 @pytest_twisted.ensureDeferred
-async def test_every_acknowledged_message_is_stored_once_and_delivered(serve, make_factory):
+async def test_every_acknowledged_message_is_stored_once_and_delivered(serve, make_server):
     storage = load_storage()
     # Default limits: flooders must be throttled, not the well-behaved.
-    factory = make_factory(storage, limits=Limits())
-    server = await serve(factory)
+    server = await serve(make_server(storage, limits=Limits()))
 
     async def login(name: str) -> ChatClientProtocol:
         client = await server.connect()

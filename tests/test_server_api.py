@@ -8,7 +8,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from chatserver import ChatError, ChatServerFactory
+from chatserver import ChatError, build_server
 from chatserver.client import RequestFailed
 from tests.conftest import demo_storage
 
@@ -34,8 +34,8 @@ def server_time(connection, data):
 
 
 @pytest.fixture
-def factory():
-    return ChatServerFactory(
+def app():
+    return build_server(
         demo_storage(),
         actions={"whoami": whoami, "sum": slow_sum, "refuse": refuse, "crash": crash},
         open_actions={"serverTime": server_time},
@@ -43,16 +43,16 @@ def factory():
 
 
 @pytest_twisted.ensureDeferred
-async def test_custom_actions_get_the_user_and_return_values_or_deferreds(serve, factory):
-    server = await serve(factory)
+async def test_custom_actions_get_the_user_and_return_values_or_deferreds(serve, app):
+    server = await serve(app)
     alice = await server.login("alice")
     assert await alice.request("whoami", {"x": 1}) == {"user": "alice", "echo": {"x": 1}}
     assert await alice.request("sum", {"numbers": [1, 2, 3]}) == 6
 
 
 @pytest_twisted.ensureDeferred
-async def test_custom_action_errors(serve, factory):
-    server = await serve(factory)
+async def test_custom_action_errors(serve, app):
+    server = await serve(app)
     alice = await server.login("alice")
     with pytest.raises(RequestFailed) as info:
         await alice.request("refuse")
@@ -65,8 +65,8 @@ async def test_custom_action_errors(serve, factory):
 
 
 @pytest_twisted.ensureDeferred
-async def test_open_actions_run_before_authorize_others_do_not(serve, factory):
-    server = await serve(factory)
+async def test_open_actions_run_before_authorize_others_do_not(serve, app):
+    server = await serve(app)
     guest = await server.connect()
     assert await guest.request("serverTime") == {"authorized": False}
     with pytest.raises(Exception):  # noqa: B017 - the connection is closed under it
@@ -77,28 +77,28 @@ async def test_open_actions_run_before_authorize_others_do_not(serve, factory):
 
 def test_custom_actions_cannot_replace_builtins():
     with pytest.raises(ValueError, match="create"):
-        ChatServerFactory(demo_storage(), actions={"create": whoami})
+        build_server(demo_storage(), actions={"create": whoami})
 
 
 def test_storage_must_provide_the_interface():
     with pytest.raises(TypeError, match="IChatStorage"):
-        ChatServerFactory(object())
+        build_server(object())
 
 
 @pytest_twisted.ensureDeferred
-async def test_events_fire_with_the_connection(serve, factory):
+async def test_events_fire_with_the_connection(serve, app):
     seen: list[tuple[str, object]] = []
     closed: Deferred = Deferred()
     for event in ("socketConnected", "socketAuthorized"):
-        factory.on(event, lambda conn, event=event: seen.append((event, conn.user_id)))
+        app.api.on(event, lambda conn, event=event: seen.append((event, conn.user_id)))
 
-    @factory.on("socketClosed")
+    @app.api.on("socketClosed")
     def on_closed(conn):
         seen.append(("socketClosed", conn.user_id))
         closed.callback(None)
 
-    factory.on("socketAuthorized", lambda conn: 1 / 0)  # a broken listener harms no one
-    server = await serve(factory)
+    app.api.on("socketAuthorized", lambda conn: 1 / 0)  # a broken listener harms no one
+    server = await serve(app)
     alice = await server.login("alice")
     alice.sendClose()
     await closed
@@ -107,20 +107,20 @@ async def test_events_fire_with_the_connection(serve, factory):
         ("socketAuthorized", "alice"),
         ("socketClosed", "alice"),
     ]
-    assert factory.registry.connections("alice") == frozenset()
+    assert app.registry.sessions("alice") == frozenset()
 
 
 @pytest_twisted.ensureDeferred
-async def test_send_and_broadcast_from_the_server(serve, factory):
-    server = await serve(factory)
+async def test_send_and_broadcast_from_the_server(serve, app):
+    server = await serve(app)
     alice = await server.login("alice")
     bob = await server.login("bob")
     bob2 = await server.login("bob")
     guest = await server.connect()
-    assert factory.send("notice", {"text": "maintenance at noon"}, ["bob", "nobody"]) == 2
+    assert app.api.send("notice", {"text": "maintenance at noon"}, ["bob", "nobody"]) == 2
     assert await bob.next_push("notice") == {"text": "maintenance at noon"}
     assert await bob2.next_push("notice") == {"text": "maintenance at noon"}
-    assert factory.broadcast("hello", [1, 2]) == 3
+    assert app.api.broadcast("hello", [1, 2]) == 3
     for client in (alice, bob, bob2):
         assert await client.next_push("hello") == [1, 2]
     await guest.request("serverTime")  # a round trip: any push would have arrived
@@ -128,28 +128,17 @@ async def test_send_and_broadcast_from_the_server(serve, factory):
     assert alice.pending_pushes("notice") == []
 
 
-class CountingFactory(ChatServerFactory):
-    """Records every frame it prepares (encodes and frames)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.prepared: list[bytes] = []
-
-    def prepareMessage(self, payload, isBinary=False, doNotCompress=False):
-        self.prepared.append(payload)
-        return super().prepareMessage(payload, isBinary, doNotCompress)
-
-
 @pytest_twisted.ensureDeferred
 async def test_a_push_is_encoded_once_for_all_its_recipients(serve):
-    factory = CountingFactory(demo_storage())
-    server = await serve(factory)
+    app = build_server(demo_storage())
+    server = await serve(app)
     members = [await server.login(u) for u in ("alice", "bob", "carol", "alice", "bob")]
+    framed, pushes = app.registry.frames, app.registry.pushes
     await members[0].send({"to": "team", "isGroup": True, "text": "to five connections"})
     for member in members:
         await member.next_push("chatMessage")
-    pushes = [p for p in factory.prepared if p.startswith(b'{"type":"chatMessage"')]
-    assert len(pushes) == 1
+    assert app.registry.pushes - pushes == 5
+    assert app.registry.frames - framed == 1
 
 
 ACTIONS = {"whoami": whoami, "sum": slow_sum}

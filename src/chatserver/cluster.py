@@ -12,10 +12,13 @@ local delivery, storage and acknowledgements carry on.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Protocol
 from urllib.parse import parse_qs, urlparse
 
+import orjson
 import txredisapi
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import protocol
@@ -23,9 +26,26 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.logger import Logger
 
-from chatserver.registry import ConnectionRegistry
+from chatserver import wire
+from chatserver.delivery import RegistryObserver
+from chatserver.errors import Ending
 
 log = Logger()
+
+
+class LocalSessions(Protocol):
+    """What the cluster needs of this node's registry."""
+
+    observers: list[RegistryObserver]
+
+    def deliver(self, payload: bytes, user_ids: Iterable[str]) -> int: ...
+
+    def deliver_all(self, payload: bytes) -> int: ...
+
+    def end(self, user_ids: Iterable[str], ending: Ending, reason: str) -> int: ...
+
+    def __contains__(self, user_id: str) -> bool: ...
+
 
 NODE_ID_BYTES = 16
 # Subscribe in slices, so a node with many users does not send one huge command.
@@ -65,13 +85,13 @@ class _Subscriber(txredisapi.SubscriberProtocol):
 class RedisCluster(Service):
     """Routes pushes between nodes through Redis pub/sub.
 
-    Give it to L{chatserver.ChatServerFactory} as C{cluster=}; start it as a
-    service (the plugin does so with C{--redis}).
+    Give it to :func:`chatserver.build_server` as ``cluster=``; it is
+    started with the server (the plugin does so with ``--redis``).
     """
 
     def __init__(self, url: str, reactor: object = None) -> None:
         """
-        @param url: C{redis://[:password@]host[:port][/db][?prefix=chat]};
+        :param url: ``redis://[:password@]host[:port][/db][?prefix=chat]``;
             the prefix names the channels (pub/sub ignores the db number, so
             deployments sharing a Redis need different prefixes).
         """
@@ -86,10 +106,11 @@ class RedisCluster(Service):
         prefix = parse_qs(parsed.query).get("prefix", ["chatserver"])[0]
         self._user_prefix = f"{prefix}:user:".encode()
         self.broadcast_channel = f"{prefix}:all".encode()
+        self.control_channel = f"{prefix}:control".encode()
         self.node_id = os.urandom(NODE_ID_BYTES // 2).hex().encode()
         self._reactor = reactor
-        self._registry: ConnectionRegistry | None = None
-        self._channels: set[bytes] = {self.broadcast_channel}
+        self._registry: LocalSessions | None = None
+        self._channels: set[bytes] = {self.broadcast_channel, self.control_channel}
         self._publisher: txredisapi.RedisProtocol | None = None
         self._subscriber: _Subscriber | None = None
         self._services: list[ClientService] = []
@@ -107,10 +128,10 @@ class RedisCluster(Service):
 
     # -- wiring ------------------------------------------------------------
 
-    def bind(self, registry: ConnectionRegistry) -> None:
+    def bind(self, registry: LocalSessions) -> None:
         """Deliver locally through ``registry`` and follow its users."""
         self._registry = registry
-        registry.observer = self
+        registry.observers.append(self)
 
     def user_arrived(self, user_id: str) -> None:
         """A user's first connection here: hear what is published for them."""
@@ -128,14 +149,15 @@ class RedisCluster(Service):
 
     # -- delivery ----------------------------------------------------------
 
-    def push(self, payload: bytes, user_ids: Iterable[str]) -> int:
+    def push(self, event_type: str, data: object, user_ids: Iterable[str]) -> int:
         """Push to ``user_ids`` here, and publish for their other nodes.
 
-        @return: the number of local connections written to.
+        :return: the number of local sessions written to.
         """
         assert self._registry is not None
         user_ids = tuple(user_ids)
-        sent = self._registry.push(payload, user_ids)
+        payload = wire.push(event_type, data)
+        sent = self._registry.deliver(payload, user_ids)
         publisher = self._publisher
         if publisher is None:
             self.dropped += len(user_ids)
@@ -147,29 +169,74 @@ class RedisCluster(Service):
         self.published += len(user_ids)
         return sent
 
-    def push_all(self, payload: bytes) -> int:
-        """Push to every authorized connection, on every node."""
+    def push_all(self, event_type: str, data: object) -> int:
+        """Push to every authorized session, on every node."""
         assert self._registry is not None
-        sent = self._registry.push_all(payload)
+        payload = wire.push(event_type, data)
+        sent = self._registry.deliver_all(payload)
+        self._publish(self.broadcast_channel, payload)
+        return sent
+
+    def end_sessions(self, user_ids: Iterable[str], ending: Ending, reason: str) -> int:
+        """End the sessions of ``user_ids`` here and on every other node."""
+        assert self._registry is not None
+        user_ids = list(user_ids)
+        ended = self._registry.end(user_ids, ending, reason)
+        control = {"end": user_ids, "ending": ending.value, "reason": reason}
+        self._publish(self.control_channel, orjson.dumps(control))
+        return ended
+
+    def online(self, user_ids: Iterable[str]) -> dict[str, bool]:
+        """Whether each user has a session on this node."""
+        registry = self._registry
+        return {u: registry is not None and u in registry for u in user_ids}
+
+    def _publish(self, channel: bytes, payload: bytes) -> None:
         if self._publisher is None:
             self.dropped += 1
         else:
-            self._publisher.publish(self.broadcast_channel, self.node_id + payload).addErrback(
-                self._ignore
-            )
+            self._publisher.publish(channel, self.node_id + payload).addErrback(self._ignore)
             self.published += 1
-        return sent
 
     def received(self, channel: bytes, message: bytes) -> None:
         """A frame published by a node (ourselves included) arrived."""
         if message[:NODE_ID_BYTES] == self.node_id or self._registry is None:
             return  # delivered locally already
         self.received_count += 1
-        frame = message[NODE_ID_BYTES:]
+        payload = message[NODE_ID_BYTES:]
         if channel == self.broadcast_channel:
-            self._registry.push_all(frame)
+            self._registry.deliver_all(payload)
+        elif channel == self.control_channel:
+            self._control(payload)
         elif channel.startswith(self._user_prefix):
-            self._registry.push(frame, (channel[len(self._user_prefix) :].decode(),))
+            self._registry.deliver(payload, (channel[len(self._user_prefix) :].decode(),))
+
+    def _control(self, payload: bytes) -> None:
+        try:
+            control = orjson.loads(payload)
+            ending = Ending(control["ending"])
+            user_ids = [str(u) for u in control["end"]]
+            reason = str(control["reason"])
+        except (ValueError, KeyError, TypeError):
+            log.warn("Redis: ignoring a malformed control message")
+            return
+        assert self._registry is not None
+        self._registry.end(user_ids, ending, reason)
+
+    def collect(self) -> Iterator[Metric]:
+        """Metrics, for prometheus_client."""
+        yield GaugeMetricFamily(
+            "chat_redis_connected", "Whether Redis is reachable.", int(self.connected)
+        )
+        yield CounterMetricFamily(
+            "chat_redis_published", "Pushes published for other nodes.", self.published
+        )
+        yield CounterMetricFamily(
+            "chat_redis_received", "Pushes received from other nodes.", self.received_count
+        )
+        yield CounterMetricFamily(
+            "chat_redis_dropped", "Pushes not published: Redis was down.", self.dropped
+        )
 
     @staticmethod
     def _ignore(failure: object) -> None:

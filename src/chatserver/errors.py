@@ -1,10 +1,13 @@
-"""Errors that become error replies (or closes) on the wire.
+"""Errors that become error replies, or the end of a session, on the wire.
 
 Each error carries a short, stable ``code`` that clients can branch on; the
-human-readable ``message`` may change between releases.
+human-readable ``message`` may change between releases. Nothing here knows
+WebSocket close codes: the protocol maps an :class:`Ending` to one.
 """
 
 from __future__ import annotations
+
+import enum
 
 
 class ChatError(Exception):
@@ -23,12 +26,27 @@ class ChatError(Exception):
         self.message = message
 
 
-class ConnectionRefused(ChatError):
-    """The request is answered by closing the connection, not by a reply."""
+class Ending(enum.Enum):
+    """Why a session ends; the protocol turns each into a close code."""
 
-    def __init__(self, close_code: int, reason: str) -> None:
+    #: The client broke a rule (not authorized, too many connections, flooding).
+    POLICY = "policy"
+    #: The server is stopping.
+    GOING_AWAY = "goingAway"
+    #: An operator ended the user's sessions (user removed, token replaced).
+    REVOKED = "revoked"
+    #: The credentials the session was opened with have expired.
+    EXPIRED = "expired"
+    #: A message was too big, or had too many fragments.
+    TOO_BIG = "tooBig"
+
+
+class SessionRefused(ChatError):
+    """The request is answered by ending the session, not by a reply."""
+
+    def __init__(self, reason: str, ending: Ending = Ending.POLICY) -> None:
         super().__init__("closed", reason)
-        self.close_code = close_code
+        self.ending = ending
 
 
 # Stable error codes, for clients and tests to import rather than spell.
@@ -40,6 +58,8 @@ INVALID_MESSAGE = "invalidMessage"
 INVALID_QUERY = "invalidQuery"
 NOT_GROUP_MEMBER = "notGroupMember"
 NOT_FOUND = "notFound"
+NOT_SUPPORTED = "notSupported"
+CONFLICT = "conflict"
 STORAGE_ERROR = "storageError"
 ACTION_FAILED = "actionFailed"
 INTERNAL_ERROR = "internalError"
@@ -47,8 +67,22 @@ RATE_LIMITED = "rateLimited"
 TOO_LARGE = "tooLarge"
 STORAGE_TIMEOUT = "storageTimeout"
 
-# WebSocket close codes (RFC 6455, section 7.4.1).
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_INVALID_PAYLOAD = 1007
-CLOSE_POLICY_VIOLATION = 1008
+#: Every code a client may receive, for documentation and tests.
+ERROR_CODES = (
+    INVALID_REQUEST,
+    INVALID_ID,
+    UNKNOWN_ACTION,
+    AUTHORIZATION_FAILED,
+    INVALID_MESSAGE,
+    INVALID_QUERY,
+    NOT_GROUP_MEMBER,
+    NOT_FOUND,
+    NOT_SUPPORTED,
+    CONFLICT,
+    STORAGE_ERROR,
+    STORAGE_TIMEOUT,
+    ACTION_FAILED,
+    INTERNAL_ERROR,
+    RATE_LIMITED,
+    TOO_LARGE,
+)

@@ -1,30 +1,30 @@
 """What the server counts, and its Prometheus exposition.
 
 The hot path only bumps plain integers (a dict increment costs a fraction of a
-prometheus_client metric's lock and label lookup); prometheus_client turns them
-into metric families when ``/metrics`` is scraped.
+prometheus_client metric's lock and label lookup). Each part that counts
+something exposes a ``collect()`` yielding metric families, as a
+prometheus_client collector does; the wiring registers those parts in one
+:class:`~prometheus_client.CollectorRegistry` per server.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-
-if TYPE_CHECKING:
-    from chatserver.factory import ChatServerFactory
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 # Seconds; storage calls range from microseconds (memory) to seconds (a sick database).
 STORAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class Collector(Protocol):
+    """A part of the server that has figures to show."""
+
+    def collect(self) -> Iterator[Metric]: ...
 
 
 class LatencyHistogram:
@@ -40,9 +40,9 @@ class LatencyHistogram:
         self.counts[bisect_left(STORAGE_BUCKETS, seconds)] += 1
         self.sum += seconds
 
-    def buckets(self) -> list[tuple[str, int]]:
+    def buckets(self) -> list[tuple[str, float]]:
         total = 0
-        out = []
+        out: list[tuple[str, float]] = []
         for bound, count in zip((*STORAGE_BUCKETS, float("inf")), self.counts, strict=True):
             total += count
             out.append(("+Inf" if bound == float("inf") else repr(bound), total))
@@ -50,11 +50,12 @@ class LatencyHistogram:
 
 
 class ServerStats:
-    """Counters the protocol and the handler bump as they work."""
+    """Counters the protocol and the handlers bump as they work."""
 
     def __init__(self) -> None:
         self.requests: Counter[tuple[str, str]] = Counter()  # (action, outcome)
         self.errors: Counter[str] = Counter()  # error code
+        self.closes: Counter[str] = Counter()  # why the server closed a connection
         self.messages_stored = 0
         self.storage: dict[str, LatencyHistogram] = {}
 
@@ -64,73 +65,43 @@ class ServerStats:
             histogram = self.storage[operation] = LatencyHistogram()
         histogram.observe(seconds)
 
-
-class StatsCollector:
-    """A prometheus_client collector reading one server's counters."""
-
-    def __init__(self, factory: ChatServerFactory) -> None:
-        self.factory = factory
-
     def collect(self) -> Iterator[Metric]:
-        factory = self.factory
-        stats = factory.stats
-        yield GaugeMetricFamily(
-            "chat_connections_open", "Open WebSocket connections.", len(factory.connections)
-        )
-        yield GaugeMetricFamily(
-            "chat_connections_authorized",
-            "Open connections that have authorized.",
-            factory.registry.connection_count,
-        )
-        yield GaugeMetricFamily(
-            "chat_users_online", "Users with a connection here.", factory.registry.user_count
-        )
         requests = CounterMetricFamily(
             "chat_requests",
             "Requests answered, by action and outcome.",
             labels=["action", "outcome"],
         )
-        for (action, outcome), n in sorted(stats.requests.items()):
+        for (action, outcome), n in sorted(self.requests.items()):
             requests.add_metric([action, outcome], n)
         yield requests
         errors = CounterMetricFamily("chat_errors", "Error replies, by code.", labels=["code"])
-        for code, n in sorted(stats.errors.items()):
+        for code, n in sorted(self.errors.items()):
             errors.add_metric([code], n)
         yield errors
+        closes = CounterMetricFamily(
+            "chat_closed_by_server", "Connections the server closed, by reason.", labels=["reason"]
+        )
+        for reason, n in sorted(self.closes.items()):
+            closes.add_metric([reason], n)
+        yield closes
         yield CounterMetricFamily(
-            "chat_rate_limited", "Requests refused by the rate limit.", stats.errors["rateLimited"]
+            "chat_rate_limited", "Requests refused by the rate limit.", self.errors["rateLimited"]
         )
         yield CounterMetricFamily(
-            "chat_messages_stored", "Chat messages stored (acknowledged).", stats.messages_stored
-        )
-        yield CounterMetricFamily(
-            "chat_pushes", "Frames pushed to connections here.", factory.registry.pushes
+            "chat_messages_stored", "Chat messages stored (acknowledged).", self.messages_stored
         )
         storage = HistogramMetricFamily(
             "chat_storage_call_seconds", "Storage call latency.", labels=["operation"]
         )
-        for operation, histogram in sorted(stats.storage.items()):
+        for operation, histogram in sorted(self.storage.items()):
             storage.add_metric([operation], histogram.buckets(), histogram.sum)
         yield storage
-        cluster = factory.cluster
-        if cluster is not None:
-            yield GaugeMetricFamily(
-                "chat_redis_connected", "Whether Redis is reachable.", int(cluster.connected)
-            )
-            yield CounterMetricFamily(
-                "chat_redis_published", "Pushes published for other nodes.", cluster.published
-            )
-            yield CounterMetricFamily(
-                "chat_redis_received", "Pushes received from other nodes.", cluster.received_count
-            )
-            yield CounterMetricFamily(
-                "chat_redis_dropped", "Pushes not published: Redis was down.", cluster.dropped
-            )
 
 
-def metrics_registry(factory: ChatServerFactory) -> CollectorRegistry:
-    """A registry exposing ``factory``'s metrics (one per server, so that
+def metrics_registry(parts: Iterable[Collector]) -> CollectorRegistry:
+    """A registry exposing the figures of ``parts`` (one per server, so that
     several servers in one process do not mix their figures)."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(StatsCollector(factory))
+    for part in parts:
+        registry.register(part)  # type: ignore[arg-type]
     return registry

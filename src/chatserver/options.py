@@ -18,13 +18,21 @@ LISTEN_BACKLOG = 4096
 LIMIT_HELP = {
     "max_frame_bytes": "Largest message a client may send; larger closes with 1009",
     "max_request_bytes": "Largest request answered; larger gets error tooLarge",
+    "max_fragments": "Frames one message may be split into; more closes with 1009",
+    "message_timeout": "Seconds a fragmented message may take to complete; longer closes with 1008",
     "authorize_timeout": "Seconds to authorize before the connection is closed with 1008",
     "rate": "Requests per second allowed per connection, sustained",
     "burst": "Requests a connection may send at once above --rate",
     "max_strikes": "Rate-limited requests after which the connection is closed",
+    "max_in_flight": "Requests of one connection awaiting their reply; more get rateLimited",
     "max_connections": "Open connections in total; more are refused with HTTP 503",
+    "max_pending_connections": "Connections not yet authorized; past it the oldest is closed",
     "max_connections_per_user": "Open connections per user; more are closed with 1008",
     "max_buffered_bytes": "Bytes queued for a client that stopped reading before it is dropped",
+    "ping_interval": "Seconds between the server's pings",
+    "ping_timeout": "Seconds to answer a ping before the connection is dropped",
+    "http_head_timeout": "Seconds to send a whole HTTP request head",
+    "max_http_body_bytes": "Largest HTTP request body; larger gets 413",
     "storage_timeout": "Seconds a storage call may take before the request fails",
     "shutdown_timeout": "Seconds a stopping server waits for requests and closes",
 }
@@ -74,6 +82,13 @@ class Options(usage.Options):
             1,
             "Run this many server processes sharing --port (needs --redis).",
             int,
+        ],
+        [
+            "directory",
+            None,
+            "contacts",
+            "The getUsersAndGroups action: contacts (each user's contacts and groups), "
+            "all (every user: for demos) or none.",
         ],
         [
             "allowed-origins",
@@ -137,6 +152,8 @@ class Options(usage.Options):
             )
         if (self["workers"] > 1 or self["reuse-port"]) and (self["endpoint"] or not self["port"]):
             raise usage.UsageError("--workers and --reuse-port need a fixed --port (no --endpoint)")
+        if self["directory"] not in ("contacts", "all", "none"):
+            raise usage.UsageError("--directory must be contacts, all or none")
         origins = self["allowed-origins"]
         self.allowed_origins = (
             [o.strip() for o in origins.split(",") if o.strip()] if origins else None

@@ -1,40 +1,64 @@
-"""The network layer: one WebSocket connection, frames in and replies out."""
+"""The network layer: one WebSocket connection, frames in and replies out.
+
+The protocol parses each frame (:func:`chatserver.wire.parse_request`),
+enforces the per-connection budgets (requests per second, requests in flight,
+control frames, fragments, time to authorize, bytes queued for a slow reader),
+hands well-formed requests to the handler with the connection's
+:class:`~chatserver.session.Session`, and sends exactly one reply per request,
+or ends the connection with a close code. It decides nothing about chat.
+"""
 
 from __future__ import annotations
 
+import struct
 from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.util import encode_truncate
-from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from chatserver import errors
-from chatserver.errors import ChatError, ConnectionRefused
+from chatserver import errors, wire
+from chatserver._internals import set_keepalive, write_now
+from chatserver.errors import ChatError, Ending, SessionRefused
 from chatserver.limits import TokenBucket
-from chatserver.wire import decode, error_reply, reply
+from chatserver.logs import escape
+from chatserver.session import Session
+from chatserver.wire import Refusal, Request
 
 if TYPE_CHECKING:
     from chatserver.factory import ChatServerFactory
 
-MAX_REQUEST_ID_LENGTH = 128
-MAX_ACTION_LENGTH = 128
-# Ids a JavaScript client can match: integers within Number's exact range.
-MAX_SAFE_INTEGER = 2**53 - 1
+# WebSocket close codes (RFC 6455, section 7.4.1; 4000-4999 are ours).
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_INVALID_PAYLOAD = 1007
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_SESSION_REVOKED = 4000
+CLOSE_TOKEN_EXPIRED = 4001
 
-# Module level: Autobahn's classes keep their own `log`, a txaio logger.
-log = Logger()
+#: How each reason for ending a session shows on the wire.
+CLOSE_CODES = {
+    Ending.POLICY: CLOSE_POLICY_VIOLATION,
+    Ending.GOING_AWAY: CLOSE_GOING_AWAY,
+    Ending.REVOKED: CLOSE_SESSION_REVOKED,
+    Ending.EXPIRED: CLOSE_TOKEN_EXPIRED,
+    Ending.TOO_BIG: CLOSE_TOO_BIG,
+}
 
 
-def _valid_request_id(value: object) -> bool:
-    if isinstance(value, str):
-        return len(value) <= MAX_REQUEST_ID_LENGTH
-    return type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` as one unmasked, final WebSocket text frame (RFC 6455, 5.2):
+    what a server sends. Built here, once per push, for every recipient."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
 
 
 @implementer(IPushProducer)
@@ -56,42 +80,47 @@ class _WriteWatch:
 
 
 class ChatServerProtocol(WebSocketServerProtocol):
-    """Parses each frame into a request, hands it to the factory's handler,
-    and sends exactly one reply (or closes the connection with a code).
+    """Parses each frame into a request, hands it to the handler with the
+    connection's session, and sends exactly one reply (or closes the
+    connection with a code).
 
-    @ivar user: the authorized user object, or C{None} before ``authorize``.
-    @ivar user_id: the user's id as a string, or C{None}.
-    @ivar closed: whether the connection has closed.
+    :ivar session: the connection's :class:`Session` once the WebSocket is open.
     """
 
     factory: ChatServerFactory
 
-    user: dict | None = None
-    user_id: str | None = None
-    closed = False
-    opened = False
+    session: Session | None = None
     _bucket: TokenBucket | None = None
     _strikes = 0
+    _in_flight = 0
+    _fragments = 0
     _authorize_timer: IDelayedCall | None = None
+    _message_timer: IDelayedCall | None = None
     _paused = False
-    _write_now = False
     _pending: list[bytes] | None = None
     _queued_while_paused = 0
+    _admitted = True
 
     def connectionMade(self) -> None:
         super().connectionMade()
         # Autobahn 26 reads its tcpNoDelay option before it is set, so Nagle
         # stays on and a reply can wait ~40 ms for a delayed ACK.
         self.transport.setTcpNoDelay(True)
-        self._write_now = isinstance(self.transport, tcp.Connection)
+        # A client that vanished without a FIN is found by the heartbeat, or
+        # at worst by the kernel's keepalive.
+        set_keepalive(self.transport)
+        self._admitted = self.factory.admission.admit(self.transport)
 
     def onConnect(self, request: ConnectionRequest) -> None:
-        self.request = request
+        # Nothing of the request is kept or logged: its URL and headers may
+        # carry tokens and cookies.
+        return None
 
     def onOpen(self) -> None:
-        self.opened = True
-        limits = self.factory.limits
-        clock = self.factory.reactor
+        factory = self.factory
+        limits = factory.limits
+        clock = factory.reactor
+        self.session = Session(self, factory.api, self.peer)
         if limits.rate:
             self._bucket = TokenBucket(limits.rate, limits.burst, clock.seconds())
         if limits.authorize_timeout:
@@ -107,159 +136,201 @@ class ChatServerProtocol(WebSocketServerProtocol):
                 # connection now, is still registered.
                 self.transport.unregisterProducer()
                 self.transport.registerProducer(watch, True)
-        self.factory.connection_opened(self)
+        factory.connection_opened(self)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self.closed = True
-        self.authorized()
+        if self.session is not None:
+            self.session.closed = True
+        for timer in (self._authorize_timer, self._message_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._authorize_timer = self._message_timer = None
         self.factory.connection_closed(self)
-
-    def authorized(self) -> None:
-        """The connection has a user now (or is gone): stop its deadline."""
-        timer, self._authorize_timer = self._authorize_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
 
     def _authorize_timed_out(self) -> None:
         self._authorize_timer = None
-        if self.user is None:
-            self.close(errors.CLOSE_POLICY_VIOLATION, "authorize timeout")
+        if self.session is not None and self.session.user is None:
+            self._close_for("authorize-timeout", CLOSE_POLICY_VIOLATION, "authorize timeout")
 
-    # -- incoming ----------------------------------------------------------
+    def authorized(self) -> None:
+        """The session has a user: it no longer counts as pending."""
+        timer, self._authorize_timer = self._authorize_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+        self.factory.admission.settle(self.transport)
 
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        if self.state != self.STATE_OPEN:
-            return  # closing: no new requests
-        if isBinary:
-            self._binary_frame(payload)
-            return
-        try:
-            frame = decode(payload)
-        except ValueError:
-            self.close(errors.CLOSE_INVALID_PAYLOAD, "frames must be JSON objects")
-            return
-        if type(frame) is not dict:
-            self.close(errors.CLOSE_INVALID_PAYLOAD, "frames must be JSON objects")
-            return
-        request_id = frame.get("id")
-        if not _valid_request_id(request_id):
-            request_id = None
-        # Every frame counts against the rate, well-formed or not.
-        if self._bucket is not None and not self._within_rate():
-            self._send_error(request_id, errors.RATE_LIMITED, "too many requests, slow down")
-            return
-        if request_id is None:
-            self._send_error(None, errors.INVALID_ID, "id must be an integer or a short string")
-            return
-        limit = self.factory.limits.max_request_bytes
-        if limit and len(payload) > limit:
-            self._send_error(request_id, errors.TOO_LARGE, f"requests are limited to {limit} bytes")
-            return
-        action = frame.get("type")
-        if type(action) is not str or not 0 < len(action) <= MAX_ACTION_LENGTH:
-            self._send_error(request_id, errors.INVALID_REQUEST, "type must name an action")
-            return
-        data = frame.get("data")
-        if data is None:
-            data = {}
-        handler = self.factory.handler
-        d = handler.handle(self, action, data)
-        if not d.called:
-            self.factory.track(d)
-        if self.factory.verbose:
-            d.addBoth(self._log_request, action, request_id)
-        # Metrics by action: any name a client makes up counts as "unknown".
-        label = action if handler.is_action(action) else "unknown"
-        args = (request_id, label)
-        d.addCallbacks(self._send_reply, self._send_failure, args, None, args)
+    # -- budgets -----------------------------------------------------------
 
-    def _within_rate(self) -> bool:
-        if self._bucket.take(self.factory.reactor.seconds()):
+    def _take_token(self) -> bool:
+        """Spend one unit of this connection's rate budget; a connection
+        refused too often (net of what it was allowed) is closed."""
+        bucket = self._bucket
+        if bucket is None:
+            return True
+        if bucket.take(self.factory.reactor.seconds()):
             if self._strikes:
                 self._strikes -= 1
             return True
         self._strikes += 1
-        if self._strikes >= self.factory.limits.max_strikes:
-            log.warn("closing {peer}: rate limit exceeded", peer=self.peer)
-            self.close(errors.CLOSE_POLICY_VIOLATION, "rate limit exceeded")
+        limits = self.factory.limits
+        if limits.max_strikes and self._strikes >= limits.max_strikes:
+            self.factory.throttle.warn(
+                "rate-limit", "closing {peer}: rate limit exceeded", peer=self.peer
+            )
+            self._close_for("rate-limit", CLOSE_POLICY_VIOLATION, "rate limit exceeded")
         return False
 
-    def _binary_frame(self, payload: bytes) -> None:
-        # Answer by id when the frame is JSON that carries one; else close.
-        try:
-            frame = decode(payload)
-        except ValueError:
-            frame = None
-        if type(frame) is dict and _valid_request_id(frame.get("id")):
-            self._send_error(frame["id"], errors.INVALID_REQUEST, "binary frames are not supported")
+    def onPing(self, payload: bytes) -> None:
+        # Pings cost what a request costs; over budget, no pong.
+        if self._take_token():
+            super().onPing(payload)
+
+    def onPong(self, payload: bytes) -> None:
+        self._take_token()
+        super().onPong(payload)
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        super().onMessageBegin(isBinary)
+        self._fragments = 0
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        super().onMessageFrameBegin(length)
+        self._fragments += 1
+        if self._fragments == 1:
+            return  # an unfragmented message: its request is budgeted as a whole
+        limits = self.factory.limits
+        if self._fragments == 2 and limits.message_timeout:
+            self._message_timer = self.factory.reactor.callLater(
+                limits.message_timeout, self._message_timed_out
+            )
+        if limits.max_fragments and self._fragments > limits.max_fragments:
+            self._close_for(
+                "fragments",
+                CLOSE_TOO_BIG,
+                f"a message may have at most {limits.max_fragments} fragments",
+            )
         else:
-            self.close(errors.CLOSE_UNSUPPORTED_DATA, "binary frames are not supported")
+            self._take_token()
+
+    def _message_timed_out(self) -> None:
+        self._message_timer = None
+        self._close_for("message-timeout", CLOSE_POLICY_VIOLATION, "message not completed in time")
+
+    def _message_done(self) -> None:
+        timer, self._message_timer = self._message_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    # -- incoming ----------------------------------------------------------
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._message_timer is not None:
+            self._message_done()
+        if self.state != self.STATE_OPEN:
+            return  # closing: no new requests
+        factory = self.factory
+        if isBinary:
+            parsed = wire.parse_binary(payload)
+        else:
+            parsed = wire.parse_request(payload, factory.limits.max_request_bytes)
+        if type(parsed) is Request:
+            if not self._take_token():
+                self._send_error(parsed.id, errors.RATE_LIMITED, "too many requests, slow down")
+            elif self._in_flight >= factory.limits.max_in_flight > 0:
+                self._send_error(
+                    parsed.id, errors.RATE_LIMITED, "too many requests in flight, wait for replies"
+                )
+            else:
+                self._dispatch(parsed)
+        elif type(parsed) is Refusal:
+            # Every frame counts against the rate, well-formed or not.
+            if self._take_token():
+                self._send_error(parsed.id, parsed.code, parsed.message)
+            elif self.state == self.STATE_OPEN:
+                self._send_error(parsed.id, errors.RATE_LIMITED, "too many requests, slow down")
+        else:
+            code = CLOSE_UNSUPPORTED_DATA if isBinary else CLOSE_INVALID_PAYLOAD
+            self._close_for("unreadable", code, parsed.reason)
+
+    def _dispatch(self, request: Request) -> None:
+        factory = self.factory
+        handler = factory.handler
+        action = request.action
+        d = handler.handle(self.session, action, request.data)  # type: ignore[arg-type]
+        if not d.called:
+            self._in_flight += 1
+            factory.track(d)
+            d.addBoth(self._landed)
+        if factory.verbose:
+            d.addBoth(self._log_request, action, request.id)
+        # Metrics by action: any name a client makes up counts as "unknown".
+        label = action if handler.is_action(action) else "unknown"
+        args = (request.id, label)
+        d.addCallbacks(self._send_reply, self._send_failure, args, None, args)
+
+    def _landed(self, result: object) -> object:
+        self._in_flight -= 1
+        return result
 
     # -- outgoing ----------------------------------------------------------
+
+    def _close_for(self, why: str, code: int, reason: str) -> None:
+        if self.state == self.STATE_OPEN:
+            self.factory.stats.closes[why] += 1
+        self.close(code, reason)
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with any close code, e.g. 1008.
 
-        Autobahn's C{sendClose} only takes 1000 and 3000-4999, but a server
+        Autobahn's ``sendClose`` only takes 1000 and 3000-4999, but a server
         must also say 1001, 1003, 1007, 1008 or 1009 where RFC 6455 asks.
         """
         if self.state == self.STATE_OPEN:
             self.sendCloseFrame(code=code, reasonUtf8=encode_truncate(reason, 123), isReply=False)
 
-    def sendPreparedMessage(self, preparedMsg: PreparedMessage) -> None:
-        """Write an already framed message, bypassing Autobahn's C{sendData}
-        (it formats debug-log arguments for every frame, a large share of a
-        push's cost)."""
+    def end_session(self, ending: Ending, reason: str) -> None:
+        """End the session (the :class:`~chatserver.session.SessionLink` side)."""
+        self._close_for(ending.value, CLOSE_CODES[ending], reason)
+
+    def write_frame(self, frame: bytes) -> None:
+        """Queue an already framed message for the end of this reactor turn,
+        when every frame for this connection goes out in one write."""
         if self.state != self.STATE_OPEN:
             return  # no data frames after our close frame (RFC 6455, 5.5.1)
-        frame = preparedMsg.payloadHybi
         if self._paused:
             # The client stopped reading; bound what we queue for it.
             self._queued_while_paused += len(frame)
             if self._queued_while_paused > self.factory.limits.max_buffered_bytes:
-                log.warn(
-                    "dropping {peer} (user {user}): it stopped reading and "
-                    "{queued} bytes are waiting for it",
+                self.factory.throttle.warn(
+                    "slow-reader",
+                    "dropping {peer} (user {user}): it stopped reading and {queued} bytes "
+                    "are waiting for it",
                     peer=self.peer,
-                    user=self.user_id,
+                    user=escape(self.session.user_id if self.session else None),
                     queued=self._queued_while_paused,
                 )
+                self.factory.stats.closes["slow-reader"] += 1
                 self._paused = False
                 self.dropConnection(abort=True)
                 return
-        self._write(frame)
-
-    def _write(self, frame: bytes) -> None:
-        # Frames for this connection wait for the end of the reactor turn and
-        # go out in one write (see flush).
-        if not self._write_now:
-            self.transport.write(frame)
-        elif self._pending is None:
+        pending = self._pending
+        if pending is None:
             self._pending = [frame]
-            self.factory.flush_later(self)
+            self.factory.batcher.schedule(self)
         else:
-            self._pending.append(frame)
+            pending.append(frame)
+
+    def send_payload(self, payload: bytes) -> None:
+        """Frame a JSON document and queue it for this connection."""
+        self.write_frame(text_frame(payload))
 
     def flush(self) -> None:
         """Write the frames of this reactor turn, at once if the socket takes
-        them, as libuv does: queuing them (Twisted's write) costs two epoll_ctl
-        calls per connection per turn, most of a push's cost at scale."""
+        them (see :func:`chatserver._internals.write_now`)."""
         pending, self._pending = self._pending, None
-        if not pending or self.closed:
+        if not pending or self.transport is None or self.state == self.STATE_CLOSED:
             return
-        data = pending[0] if len(pending) == 1 else b"".join(pending)
-        transport = self.transport
-        if (
-            not transport._tempDataBuffer
-            and len(transport.dataBuffer) == transport.offset
-            and not transport.disconnecting
-        ):
-            sent = transport.writeSomeData(data)
-            if type(sent) is int:  # else the connection is lost: write() lets Twisted see it
-                if sent == len(data):
-                    return
-                data = data[sent:]
-        transport.write(data)
+        write_now(self.transport, pending[0] if len(pending) == 1 else b"".join(pending))
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Autobahn's own frames (close, pong) must not overtake ours.
@@ -273,7 +344,7 @@ class ChatServerProtocol(WebSocketServerProtocol):
             return  # Twisted repeats the pause on every write while full
         self._paused = paused
         self._queued_while_paused = 0
-        if self.closed:
+        if self.state == self.STATE_CLOSED:
             return
         # Backpressure: read nothing more from a client that reads nothing.
         if paused:
@@ -282,40 +353,60 @@ class ChatServerProtocol(WebSocketServerProtocol):
             self.transport.resumeProducing()
 
     def _send_reply(self, data: object, request_id: object, label: str) -> None:
+        try:
+            payload = wire.reply(request_id, data)
+        except (TypeError, ValueError) as e:
+            self.factory.throttle.error(
+                f"encode:{label}",
+                "the reply to {action} could not be encoded ({error}): answered internalError",
+                action=label,
+                error=type(e).__name__,
+            )
+            self._send_error(request_id, errors.INTERNAL_ERROR, "internal error")
+            self.factory.stats.requests[label, errors.INTERNAL_ERROR] += 1
+            return
+        if label == "authorize":
+            self.authorized()
         self.factory.stats.requests[label, "ok"] += 1
-        self.sendPreparedMessage(self.factory.prepareMessage(reply(request_id, data)))
+        self.send_payload(payload)
 
     def _send_failure(self, failure: Failure, request_id: object, label: str) -> None:
         error = failure.value
-        if isinstance(error, ConnectionRefused):
-            self.factory.stats.requests[label, "closed"] += 1
-            self.close(error.close_code, error.message)
+        stats = self.factory.stats
+        if isinstance(error, SessionRefused):
+            stats.requests[label, "closed"] += 1
+            self.end_session(error.ending, error.message)
             return
         if isinstance(error, ChatError):
-            code, message = error.code, error.message
+            code, message = str(error.code), str(error.message or error.code)
         else:
-            log.failure("request failed unexpectedly", failure)
+            self.factory.throttle.failure(
+                f"request:{label}", "request {action} failed unexpectedly", failure, action=label
+            )
             code, message = errors.INTERNAL_ERROR, "internal error"
-        self.factory.stats.requests[label, code] += 1
+        stats.requests[label, code] += 1
         self._send_error(request_id, code, message)
 
     def _send_error(self, request_id: object, code: str, message: str) -> None:
         self.factory.stats.errors[code] += 1
-        self.sendPreparedMessage(
-            self.factory.prepareMessage(error_reply(request_id, code, message))
-        )
+        try:
+            payload = wire.error_reply(request_id, code, message)
+        except (TypeError, ValueError):
+            # A code or message from application code that JSON cannot carry.
+            payload = wire.error_reply(request_id, errors.INTERNAL_ERROR, "internal error")
+        self.send_payload(payload)
 
     def _log_request(self, result: Any, action: str, request_id: object) -> Any:
         outcome = "ok"
         if isinstance(result, Failure):
             error = result.value
             outcome = getattr(error, "code", type(error).__name__)
-        log.info(
+        self.factory.log.info(
             "{peer} user={user} {action} id={id} -> {outcome}",
             peer=self.peer,
-            user=self.user_id,
-            action=action,
-            id=request_id,
-            outcome=outcome,
+            user=escape(self.session.user_id if self.session else None),
+            action=escape(action),
+            id=escape(request_id),
+            outcome=escape(outcome),
         )
         return result

@@ -17,7 +17,7 @@ class _ChatServerServiceMaker:
         return Options
 
     def makeService(self, options: object) -> object:
-        from chatserver.service import make_service
+        from chatserver.tap import make_service
 
         return make_service(options)
 

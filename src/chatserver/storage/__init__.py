@@ -1,8 +1,5 @@
-"""Storage back-ends shipped with chatserver, and the loader for ``--storage``."""
+"""Storage back-ends shipped with chatserver, and the loader for ``--storage``.
 
-from chatserver.storage.combined import CombinedStorage
-from chatserver.storage.memory import MemoryStorage
-from chatserver.storage.mongo import MongoStorage
-from chatserver.storage.sqlite import SQLiteStorage
-
-__all__ = ["CombinedStorage", "MemoryStorage", "MongoStorage", "SQLiteStorage"]
+The modules are imported on demand: ``chatserver.storage.memory``,
+``chatserver.storage.sqlite``, ``chatserver.storage.mongo``.
+"""

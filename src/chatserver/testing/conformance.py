@@ -204,7 +204,7 @@ class StorageConformanceTests:
             "hello",
             type="text",
             value={"nested": [1, 2.5, None, True, False, "x", {}, []]},
-            big=2**53,
+            big=2**53 - 1,
             negative=-7,
             empty="",
         )

@@ -1,0 +1,377 @@
+"""The built-in actions and the dispatch of custom ones."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from time import perf_counter
+from typing import Any
+
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    TimeoutError,
+    fail,
+    maybeDeferred,
+    succeed,
+)
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from chatserver import errors
+from chatserver._version import __version__
+from chatserver.delivery import Router, SessionRegistry
+from chatserver.errors import ChatError, SessionRefused
+from chatserver.events import SOCKET_AUTHORIZED, EventEmitter
+from chatserver.interfaces import IChatStorage, IConversationStore
+from chatserver.logs import Throttle
+from chatserver.metrics import ServerStats
+from chatserver.session import Session
+
+# Fields only the server (or the store) may set on a message.
+RESERVED_FIELDS = frozenset({"_id", "id", "from", "createdAt", "read", "readBy"})
+MAX_ID_LENGTH = 256
+
+#: A custom action: ``action(session, data)`` returning the reply's data (or
+#: a Deferred or coroutine of it).
+Action = Callable[[Session, Any], object]
+Route = Callable[[Session, Any], Deferred]
+
+log = Logger()
+
+
+def as_id(value: object) -> str | None:
+    """A user, group or message id as the wire may carry it, or None if invalid."""
+    if type(value) is str:
+        return value if 0 < len(value) <= MAX_ID_LENGTH else None  # type: ignore[arg-type]
+    if type(value) is int:
+        return str(value)  # the edge keeps integers within ±(2^53-1)
+    return None
+
+
+def _count(query: Mapping[str, Any], name: str, default: int) -> int:
+    value = query.get(name, default)
+    if value is None:
+        return default
+    if type(value) is not int or value < 0:
+        raise ChatError(errors.INVALID_QUERY, f"{name} must be a non-negative integer")
+    return value
+
+
+class Timestamps:
+    """Formats ``createdAt`` as node-chat-server does: ``2026-11-24T23:27:50.298Z``.
+
+    The date-and-time part changes once a second, so it is formatted once a
+    second rather than once a message.
+    """
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def format(self, seconds: float) -> str:
+        millis = int(seconds * 1000)
+        second, millis = divmod(millis, 1000)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
+        return f"{self._prefix}{millis:03d}Z"
+
+
+def _same_message(stored: Mapping[str, Any], sent: Mapping[str, Any]) -> bool:
+    """Whether ``stored`` (found under ``sent``'s clientMessageId) is the
+    message ``sent`` asks to store, server-set fields aside."""
+    if bool(stored.get("isGroup")) != bool(sent.get("isGroup")):
+        return False
+    keys = (stored.keys() | sent.keys()) - RESERVED_FIELDS - {"isGroup"}
+    return all(stored.get(k) == sent.get(k) for k in keys)
+
+
+class ChatHandler:
+    """Runs the built-in actions (``authorize``, ``create``, ``getMessages``,
+    ``read``, ``serverInfo``) and the application's custom ones."""
+
+    def __init__(
+        self,
+        storage: IChatStorage,
+        registry: SessionRegistry,
+        router: Router,
+        events: EventEmitter,
+        clock: IReactorTime,
+        *,
+        actions: Mapping[str, Action] | None = None,
+        open_actions: Mapping[str, Action] | None = None,
+        max_history: int = 100,
+        storage_timeout: float = 0,
+        max_connections_per_user: int = 0,
+        stats: ServerStats | None = None,
+        server_info: Mapping[str, object] | None = None,
+    ) -> None:
+        """
+        :param registry: the sessions of this node, where an authorized
+            session is registered under its user.
+        :param router: delivers pushes to users wherever they are connected.
+        :param actions: custom actions, for authorized sessions.
+        :param open_actions: custom actions that may run before ``authorize``.
+        :param max_history: the largest ``limit`` honoured by ``getMessages``.
+        :param storage_timeout: seconds before a storage call counts as
+            failed (0: wait forever).
+        :param max_connections_per_user: how many sessions one user may hold
+            on this node at once (0: any number).
+        :param stats: where to count stored messages and storage latency.
+        :param server_info: what the open ``serverInfo`` action tells clients
+            (with the version added).
+        """
+        self._registry = registry
+        self._router = router
+        self._events = events
+        self._clock = clock
+        self._timestamps = Timestamps()
+        self._throttle = Throttle(clock)
+        self.max_history = max_history
+        self.storage_timeout = storage_timeout
+        self.max_connections_per_user = max_connections_per_user
+        self.stats = stats or ServerStats()
+        self.server_info = {**(server_info or {}), "version": __version__}
+        self._cursors = IConversationStore.providedBy(storage)
+        # Bound once: storage methods are looked up per request on the hot path.
+        self._authorize = storage.authorize
+        self._create = storage.create
+        self._get_messages = storage.getMessages
+        self._group_user_ids = storage.getGroupUserIds
+        self._read = storage.read
+
+        builtins: dict[str, Route] = {
+            "authorize": self.authorize,
+            "create": self.create,
+            "getMessages": self.get_messages,
+            "read": self.read,
+            "serverInfo": self.info,
+        }
+        custom = {**(actions or {}), **(open_actions or {})}
+        clash = set(builtins) & set(custom)
+        if clash:
+            raise ValueError(f"custom actions may not replace built-in ones: {sorted(clash)}")
+        self._routes: dict[str, Route] = dict(builtins)
+        for name, action in custom.items():
+            self._routes[name] = self._custom(name, action)
+        self._open = frozenset({"authorize", "serverInfo", *(open_actions or {})})
+
+    # -- dispatch ----------------------------------------------------------
+
+    def handle(self, session: Session, action: str, data: object) -> Deferred[Any]:
+        """Run ``action`` for ``session``.
+
+        :return: a Deferred firing with the reply's ``data``, or failing with
+            :class:`ChatError` (a reply with its code) or
+            :class:`SessionRefused` (the session is to be ended).
+        """
+        route = self._routes.get(action)
+        if session.user is None and (route is None or action not in self._open):
+            return fail(SessionRefused("not authorized: send authorize first"))
+        if route is None:
+            return fail(ChatError(errors.UNKNOWN_ACTION, "no such action"))
+        try:
+            return route(session, data)
+        except Exception:
+            return fail()
+
+    def is_action(self, name: str) -> bool:
+        """Whether ``name`` is an action this server runs."""
+        return name in self._routes
+
+    def _custom(self, name: str, action: Action) -> Route:
+        def run(session: Session, data: object) -> Deferred[Any]:
+            return maybeDeferred(action, session, data).addErrback(self._action_failed, name)
+
+        return run
+
+    def _action_failed(self, failure: Failure, name: str) -> Failure:
+        if failure.check(ChatError):
+            return failure
+        self._throttle.failure(
+            f"action:{name}", "custom action {action} failed", failure, action=name
+        )
+        return Failure(ChatError(errors.ACTION_FAILED, "the action failed"))
+
+    # -- storage -----------------------------------------------------------
+
+    def _storage_failed(self, failure: Failure, operation: str) -> Failure:
+        if failure.check(ChatError):
+            return failure
+        if failure.check(TimeoutError, CancelledError):
+            self._throttle.warn(
+                f"storage-timeout:{operation}",
+                "storage {operation} took over {timeout}s",
+                operation=operation,
+                timeout=self.storage_timeout,
+            )
+            return Failure(ChatError(errors.STORAGE_TIMEOUT, "storage did not answer in time"))
+        self._throttle.failure(
+            f"storage:{operation}", "storage {operation} failed", failure, operation=operation
+        )
+        return Failure(ChatError(errors.STORAGE_ERROR, "storage is unavailable, try again"))
+
+    def _storage(
+        self, operation: str, method: Callable[..., object], *args: object
+    ) -> Deferred[Any]:
+        started = perf_counter()
+        d = maybeDeferred(method, *args)
+        if d.called:  # an in-memory store: no need for a timer
+            self.stats.observe_storage(operation, perf_counter() - started)
+        else:
+            if self.storage_timeout:
+                d.addTimeout(self.storage_timeout, self._clock)
+            d.addBoth(self._timed, operation, started)
+        return d.addErrback(self._storage_failed, operation)
+
+    def _timed(self, result: object, operation: str, started: float) -> object:
+        self.stats.observe_storage(operation, perf_counter() - started)
+        return result
+
+    def probe_storage(self, timeout: float) -> Deferred[Any]:
+        """Ask storage the cheapest question there is; fails if it cannot
+        answer within ``timeout`` seconds."""
+        d = maybeDeferred(self._group_user_ids, {"groupId": "\x00probe"})
+        return d.addTimeout(timeout, self._clock)
+
+    # -- built-in actions --------------------------------------------------
+
+    def authorize(self, session: Session, credentials: object) -> Deferred[Any]:
+        """Identify the session's user and register the session as theirs."""
+        if type(credentials) is not dict:
+            raise ChatError(errors.INVALID_REQUEST, "authorize data must be an object")
+        d = self._storage("authorize", self._authorize, credentials)
+        return d.addCallback(self._authorized, session)
+
+    def _authorized(self, user: object, session: Session) -> object:
+        if not user:
+            raise ChatError(errors.AUTHORIZATION_FAILED, "authorization failed")
+        user_id = None
+        if isinstance(user, dict):
+            user_id = user.get("id", user.get("_id"))
+        if user_id is None:
+            self._throttle.error("invalid-user", "authorize returned a user without id or _id")
+            raise ChatError(errors.STORAGE_ERROR, "storage returned an invalid user")
+        if session.closed:
+            # Gone while storage answered: registering it would leak it.
+            return user
+        user_id = str(user_id)
+        limit = self.max_connections_per_user
+        if limit and user_id != session.user_id and self._registry.count(user_id) >= limit:
+            raise SessionRefused(f"too many connections for this user (max {limit})")
+        if session.user_id is not None:
+            self._registry.remove(session.user_id, session)
+        session.user = user  # type: ignore[assignment]
+        session.user_id = user_id
+        self._registry.add(user_id, session)
+        self._events.emit(SOCKET_AUTHORIZED, session)
+        return user
+
+    def create(self, session: Session, data: object) -> Deferred[Any]:
+        """Store a message from the session's user, then push it to its
+        recipients: ``to`` and the sender, or every member of the group."""
+        if type(data) is not dict:
+            raise ChatError(errors.INVALID_MESSAGE, "a message must be an object")
+        to = as_id(data.get("to"))
+        if to is None:
+            raise ChatError(errors.INVALID_MESSAGE, "a message must contain a `to` property")
+        message = {k: v for k, v in data.items() if k not in RESERVED_FIELDS}
+        sender = session.user_id
+        message["to"] = to
+        message["from"] = sender
+        message["createdAt"] = self._timestamps.format(self._clock.seconds())
+        if message.pop("isGroup", False):
+            message["isGroup"] = True
+            d = self._storage("getGroupUserIds", self._group_user_ids, {"groupId": to})
+            return d.addCallback(self._create_in_group, message)
+        d = self._storage("create", self._create, message)
+        return d.addCallback(self._stored, message, (to, sender) if to != sender else (sender,))
+
+    def _create_in_group(self, members: Iterable[object], message: dict) -> Deferred[Any]:
+        member_ids = {str(m) for m in members}
+        if message["from"] not in member_ids:
+            raise ChatError(errors.NOT_GROUP_MEMBER, "you are not a member of this group")
+        d = self._storage("create", self._create, message)
+        return d.addCallback(self._stored, message, member_ids)
+
+    def _stored(self, stored: dict, sent: dict, recipients: Iterable[str]) -> dict:
+        # With a clientMessageId, the store may answer with the message stored
+        # earlier under it. The same message (a retry) is pushed again to its
+        # recipients, who are the original's (same `to`): the server cannot
+        # know whether the first attempt got as far as pushing. Another
+        # message is refused, so no one sees it who was not its recipient.
+        if "clientMessageId" in sent and not _same_message(stored, sent):
+            raise ChatError(
+                errors.CONFLICT, "this clientMessageId was already used for another message"
+            )
+        self.stats.messages_stored += 1
+        self._router.push("chatMessage", stored, recipients)
+        return stored
+
+    def get_messages(self, session: Session, data: object) -> Deferred[Any]:
+        """One conversation's history, newest first (oldest first with
+        ``after``): with a user, or of a group the session's user belongs to."""
+        if type(data) is not dict:
+            raise ChatError(errors.INVALID_QUERY, "getMessages data must be an object")
+        other = as_id(data.get("with"))
+        if other is None:
+            raise ChatError(errors.INVALID_QUERY, "getMessages needs `with`: a user or group id")
+        query = dict(data)
+        query["skip"] = _count(data, "skip", 0)
+        query["limit"] = min(_count(data, "limit", 10), self.max_history)
+        query["ids"] = [session.user_id, other]
+        self._cursor(query)
+        if not query.pop("isGroup", False):
+            return self._storage("getMessages", self._get_messages, query)
+        query["isGroup"] = True
+        d = self._storage("getGroupUserIds", self._group_user_ids, {"groupId": other})
+        return d.addCallback(self._member_history, session.user_id, query)
+
+    def _cursor(self, query: dict) -> None:
+        """Check the history cursors ``before``/``after`` of a getMessages query."""
+        given = [name for name in ("before", "after") if query.get(name) is not None]
+        if not given:
+            query.pop("before", None)
+            query.pop("after", None)
+            return
+        if len(given) > 1:
+            raise ChatError(errors.INVALID_QUERY, "use `before` or `after`, not both")
+        [name] = given
+        if query["skip"]:
+            raise ChatError(errors.INVALID_QUERY, "`skip` cannot be used with a cursor")
+        message_id = as_id(query[name])
+        if message_id is None:
+            raise ChatError(errors.INVALID_QUERY, f"`{name}` must be a message id")
+        if not self._cursors:
+            raise ChatError(errors.NOT_SUPPORTED, "this server's storage has no history cursors")
+        query[name] = message_id
+        query.pop("after" if name == "before" else "before", None)
+
+    def _member_history(
+        self, members: Iterable[object], user_id: str, query: dict
+    ) -> Deferred[Any]:
+        if user_id not in {str(m) for m in members}:
+            raise ChatError(errors.NOT_GROUP_MEMBER, "you are not a member of this group")
+        return self._storage("getMessages", self._get_messages, query)
+
+    def info(self, session: Session, data: object) -> Deferred[Any]:
+        """What a client may want to know before signing in."""
+        return succeed(self.server_info)
+
+    def read(self, session: Session, data: object) -> Deferred[Any]:
+        """Mark a message read by the session's user, and tell its sender."""
+        message_id = as_id(data.get("id", data.get("_id")) if type(data) is dict else data)
+        if message_id is None:
+            raise ChatError(errors.INVALID_REQUEST, "read needs a message id")
+        d = self._storage("read", self._read, message_id, session.user_id)
+        return d.addCallback(self._was_read, session.user_id)
+
+    def _was_read(self, message: dict | None, reader: str) -> dict:
+        if not message:
+            raise ChatError(errors.NOT_FOUND, "no such message for you to read")
+        sender = message.get("from")
+        if sender is not None and str(sender) != reader:
+            self._router.push("messageRead", message, (str(sender),))
+        return message

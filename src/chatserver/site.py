@@ -1,0 +1,333 @@
+"""The HTTP side of the chat port: the WebSocket upgrade on any path, the web
+page, ``/health``, ``/ready`` and ``/metrics`` — hardened for the open
+internet.
+
+Before a connection upgrades it is plain HTTP, and an attacker's cheapest
+tool: here every request head must arrive whole within a deadline (not reset
+by each byte, as Twisted's idle timeout is), connections that have not
+authorized are capped (the oldest makes room), request bodies past a small
+size are refused with 413 without being read, malformed paths get 400, and a
+failing request logs at most one traceback per interval.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.util import wildcards2patterns
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
+from twisted.web.http import HTTPChannel
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.static import File
+
+from chatserver.factory import ChatServerFactory, with_port
+from chatserver.limits import Limits, PendingConnections
+from chatserver.logs import Throttle
+
+WEB_ROOT = FilePath(__file__).sibling("web")
+READY_TIMEOUT = 2.0
+# Seconds an idle keep-alive connection is kept (Twisted's default is 60).
+IDLE_TIMEOUT = 15
+
+#: Fires with ``{"part": "ok" | "error" | words}`` for the readiness check.
+ReadinessCheck = Callable[[], Deferred[dict[str, str]]]
+
+
+def _json_body(request: Request, status: int, body: dict[str, Any]) -> bytes:
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", b"application/json")
+    request.setHeader(b"cache-control", b"no-store")
+    return orjson.dumps(body)
+
+
+def _raw_response(status: int, phrase: str, body: dict[str, Any]) -> bytes:
+    """A whole HTTP response for a request that will not be processed."""
+    content = orjson.dumps(body)
+    return (
+        f"HTTP/1.1 {status} {phrase}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(content)}\r\nconnection: close\r\n\r\n"
+    ).encode() + content
+
+
+class JSONPage(Resource):
+    """A fixed JSON answer, e.g. for 400 and 403."""
+
+    isLeaf = True
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__()
+        self.status = status
+        self.body = body
+
+    def render(self, request: Request) -> bytes:
+        return _json_body(request, self.status, self.body)
+
+
+class Health(Resource):
+    """Liveness: answering at all means the reactor runs."""
+
+    isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        return _json_body(request, 200, {"status": "ok"})
+
+
+class Ready(Resource):
+    """Readiness: every part the check names says ``ok``."""
+
+    isLeaf = True
+
+    def __init__(self, check: ReadinessCheck) -> None:
+        super().__init__()
+        self.check = check
+
+    def render_GET(self, request: Request) -> int:
+        gone: list[bool] = []
+        request.notifyFinish().addErrback(lambda _: gone.append(True))
+        Deferred.fromCoroutine(self._answer(request, gone))
+        return NOT_DONE_YET
+
+    async def _answer(self, request: Request, gone: list[bool]) -> None:
+        try:
+            body = dict(await self.check())
+        except Exception:
+            body = {"server": "error"}
+        ready = all(v == "ok" for v in body.values())
+        body["status"] = "ready" if ready else "unavailable"
+        if not gone:  # the client may have hung up while we asked
+            request.write(_json_body(request, 200 if ready else 503, body))
+            request.finish()
+
+
+class Metrics(Resource):
+    """The server's figures in the Prometheus text format."""
+
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
+        return generate_latest(self.registry)
+
+
+def _valid_segment(segment: bytes) -> bool:
+    """Whether a path segment (already %-decoded) is one a file could have."""
+    try:
+        text = segment.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return text not in ("..", ".") and all(c >= " " and c != "\x7f" for c in text)
+
+
+class OriginCheck:
+    """Which web pages may open a WebSocket (clients without an Origin
+    header, which are not browsers, always may)."""
+
+    def __init__(self, allowed: Sequence[str] | None) -> None:
+        self.allow_any = not allowed
+        self._patterns = wildcards2patterns([with_port(o) for o in allowed or ()])
+
+    def allows(self, origin: bytes | None) -> bool:
+        if origin is None or self.allow_any:
+            return True
+        text = origin.decode("latin-1").strip()
+        if text == "null":
+            return False  # a sandboxed or file:// page: only when anyone may connect
+        parts = urlsplit(text)
+        try:
+            port = parts.port
+        except ValueError:
+            return False
+        if not parts.scheme or not parts.hostname:
+            return False
+        port = port or (443 if parts.scheme in ("https", "wss") else 80)
+        normalized = f"{parts.scheme}://{parts.hostname}:{port}"
+        return any(p.match(normalized) for p in self._patterns)
+
+
+class ChatRoot(Resource):
+    """Routes a WebSocket upgrade on any path to the chat (as node-chat-server
+    accepts any path), and plain HTTP to the pages."""
+
+    def __init__(
+        self,
+        factory: ChatServerFactory,
+        readiness: ReadinessCheck,
+        metrics: CollectorRegistry,
+        *,
+        allowed_origins: Sequence[str] | None = None,
+        web: bool = True,
+    ) -> None:
+        super().__init__()
+        self.websocket = WebSocketResource(factory)
+        self.origins = OriginCheck(allowed_origins)
+        self.static = File(WEB_ROOT.path) if web else None
+        self.putChild(b"health", Health())
+        self.putChild(b"ready", Ready(readiness))
+        self.putChild(b"metrics", Metrics(metrics))
+
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
+        if request.requestHeaders.hasHeader(b"upgrade"):
+            origin = request.getHeader(b"origin")
+            if not self.origins.allows(origin):
+                return JSONPage(403, {"error": "forbidden", "message": "origin not allowed"})
+            return self.websocket
+        segments = [path, *request.postpath]
+        if not all(_valid_segment(s) for s in segments):
+            return JSONPage(400, {"error": "badRequest", "message": "malformed path"})
+        if path in self.children:
+            return self.children[path]
+        if self.static is not None:
+            return self.static.getChildWithDefault(path, request)
+        return notFound()
+
+
+class ChatRequest(Request):
+    """A request whose body is bounded, and whose failures are logged sparingly."""
+
+    _refused = False
+    _body_bytes = 0
+
+    def gotLength(self, length: int | None) -> None:
+        limit = self.channel.site.limits.max_http_body_bytes
+        if limit and length is not None and length > limit:
+            self._refuse_body()
+            return
+        # Bodies are small here: never spill them to a temporary file.
+        self.content = io.BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._body_bytes += len(data)
+        limit = self.channel.site.limits.max_http_body_bytes
+        if limit and self._body_bytes > limit:
+            self._refuse_body()
+            return
+        self.content.write(data)
+
+    def _refuse_body(self) -> None:
+        self._refused = True
+        self.content = io.BytesIO()
+        limit = self.channel.site.limits.max_http_body_bytes
+        transport = self.channel.transport
+        if transport is not None:
+            transport.write(
+                _raw_response(
+                    413,
+                    "Content Too Large",
+                    {
+                        "error": "tooLarge",
+                        "message": f"request bodies are limited to {limit} bytes",
+                    },
+                )
+            )
+            transport.loseConnection()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._refused:
+            return  # answered already (413); the connection is closing
+        super().requestReceived(command, path, version)
+
+    def processingFailed(self, reason: Failure) -> None:
+        self.channel.site.throttle.failure("http", "HTTP request failed", reason)
+        if self.finished or self.startedWriting:
+            if not self.finished:
+                self.finish()
+            return
+        body = orjson.dumps({"error": "internalError", "message": "internal error"})
+        self.setResponseCode(500)
+        self.setHeader(b"content-type", b"application/json")
+        self.setHeader(b"content-length", str(len(body)).encode())
+        self.write(body)
+        self.finish()
+
+
+class ChatHTTPChannel(HTTPChannel):
+    """An HTTP connection that must send each request head within a deadline
+    and counts as pending until it authorizes (or closes)."""
+
+    site: ChatSite
+    _head_timer: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.admission.admit(self.transport)
+        self._start_head_timer()
+
+    def _start_head_timer(self) -> None:
+        timeout = self.site.limits.http_head_timeout
+        if timeout:
+            self._head_timer = self.site.clock.callLater(timeout, self._head_too_slow)
+
+    def _stop_head_timer(self) -> None:
+        timer, self._head_timer = self._head_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        self.site.slow_heads += 1
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def allHeadersReceived(self) -> None:
+        self._stop_head_timer()
+        super().allHeadersReceived()
+
+    def requestDone(self, request: Any) -> None:
+        # The next request on this keep-alive connection has its own deadline
+        # (started first: the next head may already be buffered, and parsed
+        # by the call below).
+        self._stop_head_timer()
+        self._start_head_timer()
+        super().requestDone(request)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._stop_head_timer()
+        self.site.admission.settle(self.transport)
+        super().connectionLost(reason)
+
+
+class ChatSite(Site):
+    """The HTTP site of the chat port, without an access log: health probes
+    and metric scrapes would flood it, and a URL may carry a token."""
+
+    noisy = False
+    requestFactory = ChatRequest
+
+    def __init__(
+        self,
+        root: ChatRoot,
+        *,
+        limits: Limits,
+        admission: PendingConnections,
+        clock: IReactorTime,
+    ) -> None:
+        super().__init__(root, timeout=IDLE_TIMEOUT, reactor=clock)
+        self.limits = limits
+        self.admission = admission
+        self.clock = clock
+        self.throttle = Throttle(clock)
+        self.slow_heads = 0
+
+    def protocol(self) -> ChatHTTPChannel:  # type: ignore[override]
+        # A plain HTTP/1.1 channel: no HTTP/2 negotiation on the chat port.
+        return ChatHTTPChannel()
+
+    def log(self, request: Request) -> None:
+        pass
