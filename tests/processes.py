@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TWISTD = Path(sys.executable).parent / "twistd"
+# Another build's twistd may be named to compare builds (see tests/test_abuse.py).
+TWISTD = Path(os.environ.get("CHATSERVER_TWISTD") or Path(sys.executable).parent / "twistd")
 LISTENING = re.compile(rb"(?:Site|ChatServerFactory) starting on (\d+)")
 
 
@@ -25,14 +27,26 @@ class ServerProcess:
     blocks on its next log line.
     """
 
-    def __init__(self, argv: list[str], cwd: Path | None = None, env: dict | None = None) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        cwd: Path | None = None,
+        env: dict | None = None,
+        files_limit: int | None = None,
+    ) -> None:
         environment = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self._log = bytearray()
         self._changed = threading.Condition()
+
+        def limit_files() -> None:
+            if files_limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (files_limit, files_limit))
+
         self.process = subprocess.Popen(
             argv,
             cwd=cwd or ROOT,
             env=environment,
+            preexec_fn=limit_files if files_limit is not None else None,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
@@ -76,9 +90,12 @@ class ServerProcess:
         return self.wait_for(lambda log: log.count(pattern) >= count, timeout)
 
     @classmethod
-    def twistd(cls, *options: str, cwd: Path | None = None, port: int = 0) -> ServerProcess:
+    def twistd(
+        cls, *options: str, cwd: Path | None = None, port: int = 0, files_limit: int | None = None
+    ) -> ServerProcess:
         """``twistd -n chatserver OPTIONS`` on ``port`` (0: an ephemeral one;
-        a fixed one to restart a server where it was)."""
+        a fixed one to restart a server where it was); ``files_limit`` caps
+        its open file descriptors."""
         return cls(
             [
                 str(TWISTD),
@@ -90,11 +107,17 @@ class ServerProcess:
                 *options,
             ],
             cwd=cwd,
+            files_limit=files_limit,
         )
 
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def rss(self) -> int:
+        """The server's resident memory, in bytes."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         """Stop the server and collect the rest of its log; returns its exit code."""

@@ -76,6 +76,11 @@ class Limits:
         for field in fields(self):
             if getattr(self, field.name) < 0:
                 raise ValueError(f"{field.name} must not be negative")
+        for name in ("ping_interval", "ping_timeout"):
+            # Autobahn schedules pings on timers batched to a fraction of a
+            # second: shorter intervals fire at once.
+            if 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must be 0 (off) or at least 1 second")
         if self.max_frame_bytes and self.max_request_bytes > self.max_frame_bytes:
             raise ValueError("max_request_bytes cannot exceed max_frame_bytes")
 

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatserver import errors, wire
-from chatserver._internals import set_keepalive, write_now
+from chatserver._internals import discard_input, set_keepalive, write_now
 from chatserver.errors import ChatError, Ending, SessionRefused
 from chatserver.limits import TokenBucket
 from chatserver.logs import escape
@@ -274,10 +274,17 @@ class ChatServerProtocol(WebSocketServerProtocol):
 
     # -- outgoing ----------------------------------------------------------
 
-    def _close_for(self, why: str, code: int, reason: str) -> None:
-        if self.state == self.STATE_OPEN:
-            self.factory.stats.closes[why] += 1
+    def _close_for(self, why: str, code: int, reason: str, *, abusive: bool = True) -> None:
+        """Close the connection, counting why. A client closed for abuse is
+        not read any more: whatever it keeps sending is not parsed, and the
+        connection is dropped when the closing handshake times out."""
+        if self.state != self.STATE_OPEN:
+            return
+        self.factory.stats.closes[why] += 1
         self.close(code, reason)
+        if abusive and self.transport is not None:
+            self.transport.pauseProducing()
+            discard_input(self)
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with any close code, e.g. 1008.
@@ -290,7 +297,9 @@ class ChatServerProtocol(WebSocketServerProtocol):
 
     def end_session(self, ending: Ending, reason: str) -> None:
         """End the session (the :class:`~chatserver.session.SessionLink` side)."""
-        self._close_for(ending.value, CLOSE_CODES[ending], reason)
+        self._close_for(
+            ending.value, CLOSE_CODES[ending], reason, abusive=ending in (Ending.TOO_BIG,)
+        )
 
     def write_frame(self, frame: bytes) -> None:
         """Queue an already framed message for the end of this reactor turn,

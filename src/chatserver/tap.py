@@ -6,7 +6,9 @@ This module only wires: it loads what the options name, asks
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import resource
 from typing import Any
 
 import txaio
@@ -16,6 +18,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
+from chatserver.limits import Limits
 from chatserver.options import Options
 from chatserver.storage.devauth import ClaimedIdAuthorizer
 from chatserver.storage.loader import load_actions, load_storage
@@ -34,6 +37,33 @@ class SettleMemory(Service):
         super().startService()
         gc.collect()
         gc.freeze()
+
+
+# Descriptors kept for everything but client connections (storage, Redis, logs).
+RESERVED_DESCRIPTORS = 64
+
+
+def fit_to_descriptors(limits: Limits) -> Limits:
+    """Raise the open-files limit to what the system allows, and keep the
+    connections that have not authorized yet to half of it, so that slow or
+    idle clients can never take every descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        wanted = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    room = max(16, (soft - RESERVED_DESCRIPTORS) // 2)
+    if not limits.max_pending_connections or limits.max_pending_connections > room:
+        log.info(
+            "open files limit {soft}: at most {room} connections may wait to authorize",
+            soft=soft,
+            room=room,
+        )
+        return dataclasses.replace(limits, max_pending_connections=room)
+    return limits
 
 
 def make_service(options: Options, reactor: Any = None) -> IService:
@@ -83,7 +113,7 @@ def make_service(options: Options, reactor: Any = None) -> IService:
         storage,
         actions=actions,
         open_actions=open_actions,
-        limits=options.limits,
+        limits=fit_to_descriptors(options.limits),
         allowed_origins=options.allowed_origins,
         cluster=cluster,
         directory=None if directory == "none" else directory,
