@@ -12,7 +12,7 @@ from twisted.internet import reactor, ssl
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ConnectionLost
-from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 
 from chatserver import MemoryStorage
 from chatserver.client import RequestFailed, connect
@@ -21,12 +21,14 @@ from chatserver.tap import make_service
 from tests.conftest import add_demo_users
 from tests.processes import ServerProcess
 
-# Storage calls the slow store has received, for a test to wait on.
+# Storage calls the slow store has received, for a test to wait on, and the
+# Deferred that lets them finish, for the test to fire when it chooses.
 STARTED: list[Deferred] = []
+RELEASE: list[Deferred] = []
 
 
 class SlowStorage(MemoryStorage):
-    """Takes half a second to store a message, like a loaded database."""
+    """Stores a message only when the test lets it, like a loaded database."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -36,7 +38,8 @@ class SlowStorage(MemoryStorage):
         for waiting in STARTED:
             if not waiting.called:
                 waiting.callback(message)
-        return deferLater(reactor, 0.5, MemoryStorage.create, self, message)
+        release = RELEASE[-1] if RELEASE else Deferred()
+        return release.addCallback(lambda _: MemoryStorage.create(self, message))
 
 
 class CommitsThenFails(MemoryStorage):
@@ -85,9 +88,22 @@ async def test_shutdown_acknowledges_requests_in_flight_then_says_going_away():
         alice = await connect(f"ws://127.0.0.1:{port.getHost().port}")
         await alice.authorize(token="alice-token")
         STARTED.append(Deferred())
+        RELEASE.append(Deferred())
         ack = alice.send({"to": "bob", "text": "in flight"})
         await STARTED[-1]
-        stopped = service.stopService()
+        draining: Deferred = Deferred()
+
+        def watch(event: dict) -> None:
+            if event.get("log_format") == "waiting for {n} requests" and not draining.called:
+                draining.callback(None)
+
+        globalLogPublisher.addObserver(watch)
+        try:
+            stopped = service.stopService()
+            await draining  # the server waits for the request in flight...
+        finally:
+            globalLogPublisher.removeObserver(watch)
+        RELEASE[-1].callback(None)  # ...and the database answers meanwhile
         stored = await ack  # acknowledged: it was stored before the server let go
         assert stored["text"] == "in flight"
         assert await alice.closed == (1001, "server shutting down")
@@ -96,6 +112,7 @@ async def test_shutdown_acknowledges_requests_in_flight_then_says_going_away():
         assert [m["_id"] for m in history] == [stored["_id"]]
     finally:
         STARTED.clear()
+        RELEASE.clear()
         if service.running:
             await service.stopService()
 

@@ -7,25 +7,11 @@ import orjson
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, readBody
 
-from chatserver import MemoryStorage
 from chatserver.client import connect
 from chatserver.options import Options
 from chatserver.tap import make_service
-from tests.conftest import add_demo_users
-
-
-class Unresponsive(MemoryStorage):
-    """A database that stopped answering."""
-
-    def getGroupUserIds(self, data):
-        return Deferred()
-
-
-def hung_storage() -> MemoryStorage:
-    return add_demo_users(Unresponsive())
 
 
 @pytest_twisted.async_yield_fixture
@@ -65,14 +51,6 @@ async def test_page_health_and_ready(start, tmp_path):
     assert (code, orjson.loads(body), kind) == (200, {"status": "ok"}, "application/json")
     code, body, _ = await get(f"http://{host}/ready")
     assert (code, orjson.loads(body)) == (200, {"storage": "ok", "status": "ready"})
-
-
-@pytest_twisted.ensureDeferred
-async def test_ready_says_503_when_storage_does_not_answer(start):
-    _, host = await start("--storage", "tests.test_http:hung_storage")
-    code, body, _ = await get(f"http://{host}/ready")
-    assert (code, orjson.loads(body)["storage"]) == (503, "error")
-    assert (await get(f"http://{host}/health"))[0] == 200  # alive, though not ready
 
 
 @pytest_twisted.ensureDeferred

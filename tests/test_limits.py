@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from chatserver import Limits, MemoryStorage
@@ -42,18 +41,6 @@ async def test_a_request_over_the_request_limit_gets_too_large(serve, make_serve
     assert info.value.code == "tooLarge"
     assert await alice.get_messages(**{"with": "bob"}) == []  # nothing stored
     assert (await alice.send({"to": "bob", "text": "x" * 4_000}))["from"] == "alice"
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_connection_that_does_not_authorize_in_time_is_closed(serve, make_server):
-    server = await start(serve, make_server, authorize_timeout=0.3)
-    idle = await server.connect()
-    alice = await server.login("alice")
-    code, reason = await idle.closed
-    assert (code, reason) == (1008, "authorize timeout")
-    # The authorized connection, opened at the same time, outlives the deadline.
-    assert alice.close_info is None
-    await assert_others_still_chat(server)
 
 
 @pytest_twisted.ensureDeferred
@@ -138,31 +125,3 @@ async def test_only_allowed_origins_may_connect(serve, make_server):
     for client in (ok, no_origin):
         client.sendClose()
         await client.closed
-
-
-class HungStorage(MemoryStorage):
-    """A database that never answers some writes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.hung: list[Deferred] = []
-
-    def create(self, message):
-        if message.get("text") == "hang":
-            self.hung.append(Deferred())
-            return self.hung[-1]
-        return super().create(message)
-
-
-@pytest_twisted.ensureDeferred
-async def test_a_storage_call_that_never_answers_times_out(serve, make_server):
-    storage = add_demo_users(HungStorage())
-    server = await serve(make_server(storage, limits=Limits(rate=0, storage_timeout=0.3)))
-    alice = await server.login("alice")
-    bob = await server.login("bob")
-    with pytest.raises(RequestFailed) as info:
-        await alice.send({"to": "bob", "text": "hang"})
-    assert info.value.code == "storageTimeout"
-    assert storage.hung[0].called  # cancelled, so the store can give up too
-    assert (await alice.send({"to": "bob", "text": "after"}))["text"] == "after"
-    assert (await bob.next_push("chatMessage"))["text"] == "after"

@@ -61,11 +61,11 @@ def write_now(transport: ITransport, data: bytes) -> None:
     if _fast_writes and isinstance(transport, tcp.Connection):
         try:
             idle = (
-                not transport._tempDataBuffer  # type: ignore[attr-defined]
-                and len(transport.dataBuffer) == transport.offset  # type: ignore[attr-defined]
-                and not transport.disconnecting  # type: ignore[attr-defined]
+                not transport._tempDataBuffer
+                and len(transport.dataBuffer) == transport.offset
+                and not transport.disconnecting
             )
-            write_some = transport.writeSomeData  # type: ignore[attr-defined]
+            write_some = transport.writeSomeData
         except (AttributeError, TypeError) as e:
             _disable_fast_writes(f"{type(transport).__name__}: {e}")
             idle = False
@@ -141,11 +141,12 @@ def discard_input(protocol: Any) -> None:
     protocol.data = b""
 
 
-def set_keepalive(transport: Any) -> None:
-    """Turn TCP keepalive on, where the transport is TCP (public API)."""
-    setter = getattr(transport, "setTcpKeepAlive", None)
-    if setter is not None:
-        try:
-            setter(True)
-        except OSError:
-            pass  # the socket is already gone
+def tune_tcp(transport: Any) -> None:
+    """Nagle off and keepalive on, where the transport is TCP (public API)."""
+    for name in ("setTcpNoDelay", "setTcpKeepAlive"):
+        setter = getattr(transport, name, None)
+        if setter is not None:
+            try:
+                setter(True)
+            except OSError:
+                pass  # the socket is already gone

@@ -46,7 +46,7 @@ class ChatServerFactory(WebSocketServerFactory):
     :ivar connections: the open WebSocket connections.
     """
 
-    protocol = ChatServerProtocol
+    protocol = ChatServerProtocol  # type: ignore[assignment]  # Autobahn's stubs are narrower
 
     def __init__(
         self,

@@ -33,13 +33,15 @@ Ordering, everywhere: the messages of one conversation are ordered by
 
 from __future__ import annotations
 
+from typing import Any
+
 from zope.interface import Interface
 
 
 class IAuthorizer(Interface):
     """Turns what a connecting client sent into a user."""
 
-    def authorize(credentials: dict) -> object:
+    def authorize(credentials: dict[str, Any]) -> object:
         """
         Find the user that ``credentials`` (the ``data`` of the client's
         ``authorize`` request, usually ``{"token": ...}``) identify.
@@ -52,7 +54,7 @@ class IAuthorizer(Interface):
 class IMessageStore(Interface):
     """Stores chat messages and answers questions about them."""
 
-    def create(message: dict) -> object:
+    def create(message: dict[str, Any]) -> object:
         """
         Store one message. The server has set ``from`` (the sender's id as a
         string), ``to`` (a string), ``createdAt`` (ISO 8601 UTC with
@@ -67,7 +69,7 @@ class IMessageStore(Interface):
             as ``_id`` (or ``id``).
         """
 
-    def getMessages(query: dict) -> object:
+    def getMessages(query: dict[str, Any]) -> object:
         """
         Fetch one conversation's messages, newest first.
 
@@ -98,7 +100,7 @@ class IMessageStore(Interface):
 class IGroupDirectory(Interface):
     """Knows who belongs to which group."""
 
-    def getGroupUserIds(data: dict) -> object:
+    def getGroupUserIds(data: dict[str, Any]) -> object:
         """
         List the members of group ``data["groupId"]``.
 
@@ -121,7 +123,7 @@ class IUserDirectory(Interface):
     start); ``query["limit"]`` is a positive integer (the server caps it).
     """
 
-    def listContacts(query: dict) -> object:
+    def listContacts(query: dict[str, Any]) -> object:
         """
         The contacts of ``query["userId"]``: every user who shares a group
         or a direct conversation with them, themselves excluded.
@@ -130,7 +132,7 @@ class IUserDirectory(Interface):
             ``{"id": str, "name": str}``, ordered by id.
         """
 
-    def listGroups(query: dict) -> object:
+    def listGroups(query: dict[str, Any]) -> object:
         """
         The groups ``query["userId"]`` belongs to.
 
@@ -139,7 +141,7 @@ class IUserDirectory(Interface):
             ordered by id.
         """
 
-    def listUsers(query: dict) -> object:
+    def listUsers(query: dict[str, Any]) -> object:
         """
         Every user the store knows (for ``--directory all``, meant for
         demos), regardless of ``query["userId"]``.
@@ -148,7 +150,7 @@ class IUserDirectory(Interface):
             ``{"id": str, "name": str}``, ordered by id.
         """
 
-    def getUsers(userIds: list) -> object:
+    def getUsers(userIds: list[str]) -> object:
         """
         The users among ``userIds`` that the store knows (at most the
         server's page size of ids per call).
@@ -165,7 +167,7 @@ class IConversationStore(Interface):
     ``create`` and ``read``, so that neither method scans messages.
     """
 
-    def getConversations(query: dict) -> object:
+    def getConversations(query: dict[str, Any]) -> object:
         """
         The conversations ``query["userId"]`` is part of, ordered by their
         last message, newest first: a direct conversation once the user has
@@ -262,7 +264,7 @@ class IAccountStore(Interface):
     def list_all_users(after: str | None = None, limit: int = 100) -> object:
         """:return: a Deferred firing with a page of ``{"id", "name"}`` by id."""
 
-    def add_group(group_id: str, member_ids: list, name: str | None = None) -> object:
+    def add_group(group_id: str, member_ids: list[str], name: str | None = None) -> object:
         """
         Create group ``group_id`` with these members (in this order,
         duplicates dropped), or replace an existing group's members (and

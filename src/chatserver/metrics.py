@@ -103,5 +103,5 @@ def metrics_registry(parts: Iterable[Collector]) -> CollectorRegistry:
     several servers in one process do not mix their figures)."""
     registry = CollectorRegistry(auto_describe=True)
     for part in parts:
-        registry.register(part)  # type: ignore[arg-type]
+        registry.register(part)
     return registry

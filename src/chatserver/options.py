@@ -132,7 +132,7 @@ class Options(usage.Options):
     def endpoint_description(self) -> str:
         """The endpoint to listen on, from ``--endpoint`` or ``--port``."""
         if self["endpoint"]:
-            return self["endpoint"]
+            return str(self["endpoint"])
         return f"tcp:{self['port']}:backlog={LISTEN_BACKLOG}"
 
     def postOptions(self) -> None:

@@ -21,12 +21,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatserver import errors, wire
-from chatserver._internals import discard_input, set_keepalive, write_now
+from chatserver._internals import discard_input, tune_tcp, write_now
 from chatserver.errors import ChatError, Ending, SessionRefused
 from chatserver.limits import TokenBucket
 from chatserver.logs import escape
 from chatserver.session import Session
-from chatserver.wire import Refusal, Request
+from chatserver.wire import Refusal, Request, Unreadable
 
 if TYPE_CHECKING:
     from chatserver.factory import ChatServerFactory
@@ -88,6 +88,8 @@ class ChatServerProtocol(WebSocketServerProtocol):
     """
 
     factory: ChatServerFactory
+    # A TCP (or TLS) transport: it also pauses, resumes and takes producers.
+    transport: Any
 
     session: Session | None = None
     _bucket: TokenBucket | None = None
@@ -104,11 +106,10 @@ class ChatServerProtocol(WebSocketServerProtocol):
     def connectionMade(self) -> None:
         super().connectionMade()
         # Autobahn 26 reads its tcpNoDelay option before it is set, so Nagle
-        # stays on and a reply can wait ~40 ms for a delayed ACK.
-        self.transport.setTcpNoDelay(True)
-        # A client that vanished without a FIN is found by the heartbeat, or
-        # at worst by the kernel's keepalive.
-        set_keepalive(self.transport)
+        # stays on and a reply can wait ~40 ms for a delayed ACK. A client
+        # that vanished without a FIN is found by the heartbeat, or at worst
+        # by the kernel's keepalive.
+        tune_tcp(self.transport)
         self._admitted = self.factory.admission.admit(self.transport)
 
     def onConnect(self, request: ConnectionRequest) -> None:
@@ -120,7 +121,7 @@ class ChatServerProtocol(WebSocketServerProtocol):
         factory = self.factory
         limits = factory.limits
         clock = factory.reactor
-        self.session = Session(self, factory.api, self.peer)
+        self.session = Session(self, factory.api, str(self.peer))
         if limits.rate:
             self._bucket = TokenBucket(limits.rate, limits.burst, clock.seconds())
         if limits.authorize_timeout:
@@ -229,11 +230,12 @@ class ChatServerProtocol(WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             return  # closing: no new requests
         factory = self.factory
+        parsed: Request | Refusal | Unreadable
         if isBinary:
             parsed = wire.parse_binary(payload)
         else:
             parsed = wire.parse_request(payload, factory.limits.max_request_bytes)
-        if type(parsed) is Request:
+        if isinstance(parsed, Request):
             if not self._take_token():
                 self._send_error(parsed.id, errors.RATE_LIMITED, "too many requests, slow down")
             elif self._in_flight >= factory.limits.max_in_flight > 0:
@@ -242,21 +244,24 @@ class ChatServerProtocol(WebSocketServerProtocol):
                 )
             else:
                 self._dispatch(parsed)
-        elif type(parsed) is Refusal:
+        elif isinstance(parsed, Refusal):
             # Every frame counts against the rate, well-formed or not.
             if self._take_token():
                 self._send_error(parsed.id, parsed.code, parsed.message)
             elif self.state == self.STATE_OPEN:
                 self._send_error(parsed.id, errors.RATE_LIMITED, "too many requests, slow down")
         else:
+            # A client that does not speak the protocol, not necessarily an
+            # abusive one: it still gets a clean closing handshake.
             code = CLOSE_UNSUPPORTED_DATA if isBinary else CLOSE_INVALID_PAYLOAD
-            self._close_for("unreadable", code, parsed.reason)
+            self._close_for("unreadable", code, parsed.reason, abusive=False)
 
     def _dispatch(self, request: Request) -> None:
         factory = self.factory
         handler = factory.handler
         action = request.action
-        d = handler.handle(self.session, action, request.data)  # type: ignore[arg-type]
+        assert self.session is not None  # opened before any message
+        d = handler.handle(self.session, action, request.data)
         if not d.called:
             self._in_flight += 1
             factory.track(d)
@@ -265,8 +270,9 @@ class ChatServerProtocol(WebSocketServerProtocol):
             d.addBoth(self._log_request, action, request.id)
         # Metrics by action: any name a client makes up counts as "unknown".
         label = action if handler.is_action(action) else "unknown"
-        args = (request.id, label)
-        d.addCallbacks(self._send_reply, self._send_failure, args, None, args)
+        d.addCallbacks(
+            self._send_reply, self._send_failure, (request.id, label), {}, (request.id, label)
+        )
 
     def _landed(self, result: object) -> object:
         self._in_flight -= 1

@@ -14,6 +14,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
+from twisted.python.failure import Failure
 
 from chatserver.delivery import SessionRegistry
 from chatserver.errors import Ending
@@ -61,14 +62,15 @@ class RevocationWatcher(Service):
 
     def poll(self) -> Deferred[None]:
         """Ask the store once; end the sessions it names. Never fails."""
-        d = maybeDeferred(self._store.revocationsAfter, self._cursor)
+        d: Deferred[Any] = maybeDeferred(self._store.revocationsAfter, self._cursor)
         d.addCallback(self._revoked)
-        d.addErrback(
-            lambda f: self._throttle.failure("revocations", "could not read revocations", f)
-        )
+        d.addErrback(self._failed)
         return d
 
-    def _revoked(self, result: tuple[list[Any], Any]) -> None:
+    def _failed(self, failure: Failure) -> None:
+        self._throttle.failure("revocations", "could not read revocations", failure)
+
+    def _revoked(self, result: Any) -> None:
         user_ids, cursor = result
         first = not self._started
         self._started = True

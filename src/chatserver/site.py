@@ -23,6 +23,7 @@ from autobahn.util import wildcards2patterns
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.web.http import HTTPChannel
@@ -186,18 +187,23 @@ class ChatRoot(Resource):
             if not self.origins.allows(origin):
                 return JSONPage(403, {"error": "forbidden", "message": "origin not allowed"})
             return self.websocket
-        segments = [path, *request.postpath]
+        segments = [path, *(request.postpath or ())]
         if not all(_valid_segment(s) for s in segments):
             return JSONPage(400, {"error": "badRequest", "message": "malformed path"})
+        child: IResource
         if path in self.children:
-            return self.children[path]
-        if self.static is not None:
-            return self.static.getChildWithDefault(path, request)
-        return notFound()
+            child = self.children[path]
+        elif self.static is not None:
+            child = self.static.getChildWithDefault(path, request)
+        else:
+            child = notFound()
+        return child
 
 
 class ChatRequest(Request):
     """A request whose body is bounded, and whose failures are logged sparingly."""
+
+    channel: ChatHTTPChannel
 
     _refused = False
     _body_bytes = 0
@@ -218,6 +224,7 @@ class ChatRequest(Request):
         if limit and self._body_bytes > limit:
             self._refuse_body()
             return
+        assert self.content is not None  # set by gotLength
         self.content.write(data)
 
     def _refuse_body(self) -> None:
@@ -262,6 +269,7 @@ class ChatHTTPChannel(HTTPChannel):
     and counts as pending until it authorizes (or closes)."""
 
     site: ChatSite
+    transport: Any  # a TCP (or TLS) transport, which can also abort
     _head_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
@@ -297,7 +305,7 @@ class ChatHTTPChannel(HTTPChannel):
         self._start_head_timer()
         super().requestDone(request)
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_head_timer()
         self.site.admission.settle(self.transport)
         super().connectionLost(reason)
@@ -329,5 +337,5 @@ class ChatSite(Site):
         # A plain HTTP/1.1 channel: no HTTP/2 negotiation on the chat port.
         return ChatHTTPChannel()
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Any) -> None:
         pass

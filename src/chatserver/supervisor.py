@@ -13,8 +13,12 @@ import socket
 import sys
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocolFactory,
+    IReactorSocket,
+    IStreamServerEndpoint,
+)
 from twisted.runner.procmon import ProcessMonitor
 from zope.interface import implementer
 
@@ -25,12 +29,12 @@ from chatserver.options import LISTEN_BACKLOG, Options
 class ReusePortEndpoint:
     """Listens on a TCP port that other processes may listen on too."""
 
-    def __init__(self, reactor: object, port: int, interface: str = "") -> None:
+    def __init__(self, reactor: IReactorSocket, port: int, interface: str = "") -> None:
         self.reactor = reactor
         self.port = port
         self.interface = interface
 
-    def listen(self, factory: Factory) -> Deferred[IListeningPort]:
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         family = socket.AF_INET6 if ":" in self.interface else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -40,7 +44,7 @@ class ReusePortEndpoint:
             sock.listen(LISTEN_BACKLOG)
             sock.setblocking(False)
             # The port keeps its own duplicate of the descriptor.
-            port = self.reactor.adoptStreamPort(sock.fileno(), family, factory)
+            port = self.reactor.adoptStreamPort(sock.fileno(), family, factory)  # type: ignore[arg-type]
         finally:
             sock.close()
         return succeed(port)

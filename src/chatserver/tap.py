@@ -82,7 +82,8 @@ def make_service(options: Options, reactor: Any = None) -> IService:
     # Autobahn logs per connection (a client can make it write without end)
     # and, at debug level, every request head with its cookies and tokens:
     # only its errors are wanted. The server logs what matters itself.
-    txaio.set_global_log_level("error")
+    txaio.set_global_log_level("error")  # type: ignore[attr-defined]  # txaio's stubs lack it
+    storage: Any
     try:
         storage = load_storage(options["storage"])
         actions = load_actions(options["actions"]) if options["actions"] else None

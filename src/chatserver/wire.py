@@ -60,27 +60,27 @@ class Unreadable(NamedTuple):
 
 def _safe(value: object) -> bool:
     """Whether ``value``, as orjson parsed it, keeps every rule."""
-    stack = [(value, 0)]
+    stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
         kind = type(item)
         if kind is dict or kind is list:
             if depth >= MAX_DEPTH:
                 return False
-            values = item.values() if kind is dict else item  # type: ignore[union-attr]
+            values = item.values() if kind is dict else item
             stack.extend((v, depth + 1) for v in values)
         elif kind is int:
-            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:  # type: ignore[operator]
+            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
                 return False
-        elif kind is float and not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:  # type: ignore[operator]
+        elif kind is float and not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
             return False  # orjson reads integers beyond 64 bits as floats
     return True
 
 
-def _valid_id(value: object) -> bool:
+def _valid_id(value: Any) -> bool:
     if type(value) is str:
-        return len(value) <= MAX_REQUEST_ID_LENGTH  # type: ignore[arg-type]
-    return type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER  # type: ignore[operator]
+        return len(value) <= MAX_REQUEST_ID_LENGTH
+    return type(value) is int and -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
 
 
 def _salvage(payload: bytes) -> Refusal | Unreadable:
@@ -118,7 +118,7 @@ def parse_request(payload: bytes, max_bytes: int = 0) -> Request | Refusal | Unr
         return _salvage(payload)
     if type(frame) is not dict:
         return Unreadable(NOT_JSON)
-    request_id = frame.get("id")
+    request_id: Any = frame.get("id")
     if not _valid_id(request_id):
         return Refusal(None, errors.INVALID_ID, "id must be an integer or a short string")
     if max_bytes and len(payload) > max_bytes:

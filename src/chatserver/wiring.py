@@ -136,7 +136,7 @@ def build_server(
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
-        reactor = global_reactor  # type: ignore[assignment]
+        reactor = global_reactor
     assert reactor is not None
     limits = limits or Limits()
     events = EventEmitter()
@@ -215,7 +215,7 @@ def build_server(
         api=api, factory=factory, site=site, storage=storage, registry=registry, handler=handler
     )
     if IService.providedBy(storage) and getattr(storage, "parent", None) is None:
-        storage.setServiceParent(server)  # type: ignore[attr-defined]
+        storage.setServiceParent(server)
     if cluster is not None and IService.providedBy(cluster):
         cluster.setServiceParent(server)
     if ISessionRevocations.providedBy(storage) and revocation_interval:

@@ -36,15 +36,15 @@ MAX_ID_LENGTH = 256
 #: A custom action: ``action(session, data)`` returning the reply's data (or
 #: a Deferred or coroutine of it).
 Action = Callable[[Session, Any], object]
-Route = Callable[[Session, Any], Deferred]
+Route = Callable[[Session, Any], Deferred[Any]]
 
 log = Logger()
 
 
-def as_id(value: object) -> str | None:
+def as_id(value: Any) -> str | None:
     """A user, group or message id as the wire may carry it, or None if invalid."""
     if type(value) is str:
-        return value if 0 < len(value) <= MAX_ID_LENGTH else None  # type: ignore[arg-type]
+        return value if 0 < len(value) <= MAX_ID_LENGTH else None
     if type(value) is int:
         return str(value)  # the edge keeps integers within ±(2^53-1)
     return None
@@ -77,6 +77,14 @@ class Timestamps:
             self._second = second
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
         return f"{self._prefix}{millis:03d}Z"
+
+
+def _signed_in(session: Session) -> str:
+    """The session's user id (the handler runs other actions only for
+    authorized sessions)."""
+    user_id = session.user_id
+    assert user_id is not None
+    return user_id
 
 
 def _same_message(stored: Mapping[str, Any], sent: Mapping[str, Any]) -> bool:
@@ -278,7 +286,7 @@ class ChatHandler:
         if to is None:
             raise ChatError(errors.INVALID_MESSAGE, "a message must contain a `to` property")
         message = {k: v for k, v in data.items() if k not in RESERVED_FIELDS}
-        sender = session.user_id
+        sender = _signed_in(session)
         message["to"] = to
         message["from"] = sender
         message["createdAt"] = self._timestamps.format(self._clock.seconds())
@@ -289,14 +297,16 @@ class ChatHandler:
         d = self._storage("create", self._create, message)
         return d.addCallback(self._stored, message, (to, sender) if to != sender else (sender,))
 
-    def _create_in_group(self, members: Iterable[object], message: dict) -> Deferred[Any]:
+    def _create_in_group(self, members: Iterable[object], message: dict[str, Any]) -> Deferred[Any]:
         member_ids = {str(m) for m in members}
         if message["from"] not in member_ids:
             raise ChatError(errors.NOT_GROUP_MEMBER, "you are not a member of this group")
         d = self._storage("create", self._create, message)
         return d.addCallback(self._stored, message, member_ids)
 
-    def _stored(self, stored: dict, sent: dict, recipients: Iterable[str]) -> dict:
+    def _stored(
+        self, stored: dict[str, Any], sent: dict[str, Any], recipients: Iterable[str]
+    ) -> dict[str, Any]:
         # With a clientMessageId, the store may answer with the message stored
         # earlier under it. The same message (a retry) is pushed again to its
         # recipients, who are the original's (same `to`): the server cannot
@@ -321,15 +331,16 @@ class ChatHandler:
         query = dict(data)
         query["skip"] = _count(data, "skip", 0)
         query["limit"] = min(_count(data, "limit", 10), self.max_history)
-        query["ids"] = [session.user_id, other]
+        me = _signed_in(session)
+        query["ids"] = [me, other]
         self._cursor(query)
         if not query.pop("isGroup", False):
             return self._storage("getMessages", self._get_messages, query)
         query["isGroup"] = True
         d = self._storage("getGroupUserIds", self._group_user_ids, {"groupId": other})
-        return d.addCallback(self._member_history, session.user_id, query)
+        return d.addCallback(self._member_history, me, query)
 
-    def _cursor(self, query: dict) -> None:
+    def _cursor(self, query: dict[str, Any]) -> None:
         """Check the history cursors ``before``/``after`` of a getMessages query."""
         given = [name for name in ("before", "after") if query.get(name) is not None]
         if not given:
@@ -350,7 +361,7 @@ class ChatHandler:
         query.pop("after" if name == "before" else "before", None)
 
     def _member_history(
-        self, members: Iterable[object], user_id: str, query: dict
+        self, members: Iterable[object], user_id: str, query: dict[str, Any]
     ) -> Deferred[Any]:
         if user_id not in {str(m) for m in members}:
             raise ChatError(errors.NOT_GROUP_MEMBER, "you are not a member of this group")
@@ -365,10 +376,11 @@ class ChatHandler:
         message_id = as_id(data.get("id", data.get("_id")) if type(data) is dict else data)
         if message_id is None:
             raise ChatError(errors.INVALID_REQUEST, "read needs a message id")
-        d = self._storage("read", self._read, message_id, session.user_id)
-        return d.addCallback(self._was_read, session.user_id)
+        reader = _signed_in(session)
+        d = self._storage("read", self._read, message_id, reader)
+        return d.addCallback(self._was_read, reader)
 
-    def _was_read(self, message: dict | None, reader: str) -> dict:
+    def _was_read(self, message: dict[str, Any] | None, reader: str) -> dict[str, Any]:
         if not message:
             raise ChatError(errors.NOT_FOUND, "no such message for you to read")
         sender = message.get("from")

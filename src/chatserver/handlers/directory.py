@@ -93,8 +93,11 @@ class UsersAndGroups:
             raise ChatError(errors.INVALID_QUERY, "limit must be a positive integer")
         limit = min(limit, MAX_PAGE)
         cursor = data.get("after")
-        state = [None, False, None, False] if cursor is None else decode_cursor(cursor)
-        users_after, users_done, groups_after, groups_done = state
+        state: list[Any] = [None, False, None, False] if cursor is None else decode_cursor(cursor)
+        users_after: str | None = state[0]
+        users_done: bool = state[1]
+        groups_after: str | None = state[2]
+        groups_done: bool = state[3]
         me = session.user_id
         users: list[dict[str, Any]] = []
         groups: list[dict[str, Any]] = []
@@ -129,17 +132,16 @@ class UsersAndGroups:
         known: list[dict[str, Any]] = []
         if self._directory is not None:
             method = self._directory.listUsers if self.mode == ALL else self._directory.listContacts
-            known = [
-                {"id": str(u["id"]), "name": u.get("name")}
-                for u in await maybeDeferred(method, query)
-            ]
+            page: list[dict[str, Any]] = await maybeDeferred(method, query)  # type: ignore[call-overload]
+            known = [{"id": str(u["id"]), "name": u.get("name")} for u in page]
         if self.mode == CONTACTS:
             return [u for u in known if u["id"] != me]
         # Everyone online here too (with --dev-auth, the store knows no one).
         merged = {u["id"]: u for u in known}
         for user_id in self._online_after(after, limit):
             merged.setdefault(user_id, {"id": user_id, "name": user_id})
-        merged.pop(me, None)  # type: ignore[arg-type]
+        if me is not None:
+            merged.pop(me, None)
         return [merged[k] for k in sorted(merged)][:limit]
 
     def _online_after(self, after: str | None, limit: int) -> list[str]:
@@ -154,7 +156,5 @@ class UsersAndGroups:
         if self._directory is None:
             return []
         query = {"userId": me, "after": after, "limit": limit}
-        return [
-            {"id": str(g["id"]), "name": g.get("name")}
-            for g in await maybeDeferred(self._directory.listGroups, query)
-        ]
+        page: list[dict[str, Any]] = await maybeDeferred(self._directory.listGroups, query)  # type: ignore[call-overload]
+        return [{"id": str(g["id"]), "name": g.get("name")} for g in page]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+from typing import Any
+
 from zope.interface import implementer
 
 from chatserver.interfaces import IAuthorizer, IChatStorage, IGroupDirectory, IMessageStore
@@ -25,17 +26,17 @@ class CombinedStorage:
         self.messages = IMessageStore(messages)
         self.groups = IGroupDirectory(groups)
 
-    def authorize(self, credentials: dict) -> Deferred:
+    def authorize(self, credentials: dict[str, Any]) -> object:
         return self.authorizer.authorize(credentials)
 
-    def create(self, message: dict) -> Deferred:
+    def create(self, message: dict[str, Any]) -> object:
         return self.messages.create(message)
 
-    def getMessages(self, query: dict) -> Deferred:
+    def getMessages(self, query: dict[str, Any]) -> object:
         return self.messages.getMessages(query)
 
-    def read(self, messageId: str, userId: str) -> Deferred:
+    def read(self, messageId: str, userId: str) -> object:
         return self.messages.read(messageId, userId)
 
-    def getGroupUserIds(self, data: dict) -> Deferred:
+    def getGroupUserIds(self, data: dict[str, Any]) -> object:
         return self.groups.getGroupUserIds(data)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
@@ -19,7 +21,7 @@ class ClaimedIdAuthorizer:
     where the server can be reached by someone you do not trust.
     """
 
-    def authorize(self, credentials: dict) -> Deferred[dict | None]:
+    def authorize(self, credentials: dict[str, Any]) -> Deferred[dict[str, str] | None]:
         for key in ("id", "userId", "name", "token"):
             claimed = credentials.get(key)
             if isinstance(claimed, int) and not isinstance(claimed, bool):

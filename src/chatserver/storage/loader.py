@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.python.reflect import namedAny
 
 from chatserver.interfaces import IChatStorage
@@ -63,7 +65,7 @@ def _load_named(spec: str) -> IChatStorage:
     return storage
 
 
-def load_actions(spec: str) -> dict:
+def load_actions(spec: str) -> dict[str, Any]:
     """Import a mapping of custom actions from ``package.module:name``."""
     module, sep, name = spec.partition(":")
     if not sep:

@@ -26,7 +26,7 @@ class AuthorizerOverride:
     def __repr__(self) -> str:
         return f"{self._storage!r} with {type(self._authorizer).__name__}"
 
-    def authorize(self, credentials: dict) -> Deferred[Any]:
+    def authorize(self, credentials: dict[str, Any]) -> Deferred[Any]:
         return maybeDeferred(self._authorizer.authorize, credentials)
 
     def __getattr__(self, name: str) -> Any:
