@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatserver import errors
+from chatserver._autobahn import GracefulCloseMixin
 from chatserver.errors import ChatError, ConnectionRefused
 from chatserver.limits import TokenBucket
 from chatserver.wire import decode, error_reply, reply
@@ -55,7 +56,7 @@ class _WriteWatch:
         pass
 
 
-class ChatServerProtocol(WebSocketServerProtocol):
+class ChatServerProtocol(GracefulCloseMixin, WebSocketServerProtocol):
     """Parses each frame into a request, hands it to the factory's handler,
     and sends exactly one reply (or closes the connection with a code).
 
