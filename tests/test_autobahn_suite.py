@@ -1,0 +1,77 @@
+"""RFC 6455 conformance: the Autobahn|Testsuite's 517 cases against a real
+server process, each case's outcome compared with ``tests/wstest/expected.toml``.
+
+The suite runs on Python 2.7 in a virtualenv under ``~/.cache/chatserver/``
+that the first run builds (see :mod:`tests.wstest.suite`). Without Python
+2.7 the test is skipped, except in CI (``CI`` set), where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from tests.processes import ServerProcess
+from tests.wstest import suite
+
+# A Python traceback, or Twisted's report of an error nobody handled.
+SERVER_ERROR = re.compile(rb"Traceback \(most recent call last\)|Unhandled [Ee]rror")
+
+
+@pytest.fixture(scope="module")
+def wstest_env():
+    try:
+        return suite.environment()
+    except suite.SuiteUnavailable as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the conformance suite: {e}")
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="module")
+def expected():
+    return suite.load_expected()
+
+
+def test_every_group_says_why(expected):
+    assert expected.groups
+    for group in expected.groups:
+        assert group.reason.strip() and not group.reason.startswith("FIXME"), group
+    listed = [case for group in expected.groups for case in group.cases]
+    assert len(listed) == len(set(listed)), "a case is in two groups"
+    assert set(expected.pauses) <= set(listed)
+
+
+def test_the_autobahn_testsuite_gives_the_expected_outcomes(wstest_env, expected, tmp_path):
+    server = ServerProcess.twistd("--storage", "memory", "--dev-auth")
+    try:
+        results = suite.run(wstest_env, server.url, tmp_path / "run")
+        slow = suite.too_slow(expected, results.values())
+        if slow:
+            # A slow case on a busy machine: run it once more, alone; a case
+            # that waits for a timeout is slow every time.
+            again = suite.run(wstest_env, server.url, tmp_path / "again", [r.case for r in slow])
+            slow = suite.too_slow(expected, again.values())
+    finally:
+        server.stop()
+    report = []
+    differences = suite.differences(expected, results)
+    if differences:
+        report.append(
+            f"{len(differences)} of {len(results)} cases differ from {suite.EXPECTED.name} "
+            f"(reports in {tmp_path / 'run' / 'reports'}):"
+        )
+        report.extend(differences)
+    for result in slow:
+        report.append(
+            f"{result.case}: took {result.seconds:.2f} s, twice "
+            f"(allowed {expected.allowed_seconds(result.case):.1f} s)"
+        )
+    errors = SERVER_ERROR.findall(server.log)
+    if errors:
+        report.append(f"the server's log has {len(errors)} errors:")
+        report.append(server.log.decode(errors="replace")[-5000:])
+    if report:
+        pytest.fail("\n".join(report), pytrace=False)
