@@ -35,8 +35,8 @@ HEADER = """\
 # design, group by group, each with its reason.
 #
 # behavior and close: the suite's verdicts; code: the close code our server
-# sent (absent: none arrived); clean: the TCP connection ended cleanly;
-# timeouts: the suite's own timeouts that fired (none should).
+# sent (absent: none arrived); clean: both Close frames passed before the TCP
+# connection ended; timeouts: the suite's own timeouts that fired (none should).
 #
 # Regenerate (three runs, which must agree): .venv/bin/python -m tests.wstest.regenerate
 """

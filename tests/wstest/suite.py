@@ -41,8 +41,9 @@ class SuiteUnavailable(Exception):
 class Outcome:
     """What the suite says of one case: its verdicts on the case's
     behaviour and on the close, the close code our server sent (``None``:
-    none arrived), whether the TCP connection closed cleanly, and which of
-    the suite's own timeouts fired (a case that waits for one is slow)."""
+    none arrived), whether the close was clean (both Close frames passed
+    before the TCP connection ended), and which of the suite's own timeouts
+    fired (a case that waits for one is slow)."""
 
     behavior: str
     close: str
@@ -52,7 +53,7 @@ class Outcome:
 
     def __str__(self) -> str:
         code = "no close code" if self.code is None else f"code {self.code}"
-        clean = "clean close" if self.clean else "UNCLEAN close"
+        clean = "clean close" if self.clean else "NOT a clean close"
         waited = f", timed out: {', '.join(self.timeouts)}" if self.timeouts else ""
         return f"{self.behavior} / close {self.close}, {code}, {clean}{waited}"
 
@@ -321,3 +322,11 @@ def counts(results: Iterable[CaseResult]) -> dict[str, dict[str, int]]:
         chapter = table.setdefault(result.case.split(".")[0], {})
         chapter[result.outcome.behavior] = chapter.get(result.outcome.behavior, 0) + 1
     return table
+
+
+if __name__ == "__main__":
+    # Build the environment ahead of the tests (CI does): python -m tests.wstest.suite
+    try:
+        print(environment())
+    except SuiteUnavailable as e:
+        raise SystemExit(f"error: {e}") from None
