@@ -86,8 +86,8 @@ def close_internals_problem(base: Any) -> str | None:
             return f"Autobahn's {name}() no longer takes abort as its first argument"
     # Behaviour: dropConnection marks the connection closed and passes abort on.
     for abort in (True, False):
-        probe = _DropProbe(base)
         try:
+            probe = _DropProbe(base)
             base.dropConnection(probe, abort)
         except Exception as e:
             return f"Autobahn's dropConnection() failed on a probe: {e!r}"
