@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 
 import pytest
 
@@ -48,22 +49,31 @@ def test_the_autobahn_testsuite_gives_the_expected_outcomes(wstest_env, expected
     server = ServerProcess.twistd("--storage", "memory", "--dev-auth")
     try:
         results = suite.run(wstest_env, server.url, tmp_path / "run")
-        slow = suite.too_slow(expected, results.values())
-        if slow:
-            # A slow case on a busy machine: run it once more, alone; a case
-            # that waits for a timeout is slow every time.
-            again = suite.run(wstest_env, server.url, tmp_path / "again", [r.case for r in slow])
-            slow = suite.too_slow(expected, again.values())
+        suspects = set(suite.differences(expected, results))
+        suspects.update(r.case for r in suite.too_slow(expected, results.values()))
+        if suspects:
+            # A busy machine can slow a case down, past a deadline of the
+            # server's or the suite's: run those cases once more, alone. A
+            # defect shows again (three runs on a quiet machine agree).
+            rerun = sorted(suspects, key=suite.case_key)
+            again = suite.run(wstest_env, server.url, tmp_path / "again", rerun)
+            warnings.warn(
+                f"{len(rerun)} conformance cases ran twice, slow or different the first "
+                f"time: {', '.join(rerun)}",
+                stacklevel=1,
+            )
+            results = {**results, **again}
+        slow = suite.too_slow(expected, [results[case] for case in suspects if case in results])
     finally:
         server.stop()
     report = []
     differences = suite.differences(expected, results)
     if differences:
         report.append(
-            f"{len(differences)} of {len(results)} cases differ from {suite.EXPECTED.name} "
-            f"(reports in {tmp_path / 'run' / 'reports'}):"
+            f"{len(differences)} of {len(results)} cases differ from {suite.EXPECTED.name}, "
+            f"twice (reports in {tmp_path}):"
         )
-        report.extend(differences)
+        report.extend(differences.values())
     for result in slow:
         report.append(
             f"{result.case}: took {result.seconds:.2f} s, twice "

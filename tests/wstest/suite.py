@@ -288,26 +288,27 @@ def load_expected(path: Path = EXPECTED) -> Expected:
     return Expected(groups, pauses, tuple(pause_reasons))
 
 
-def differences(expected: Expected, results: Mapping[str, CaseResult]) -> list[str]:
+def differences(expected: Expected, results: Mapping[str, CaseResult]) -> dict[str, str]:
     """Every case whose outcome is not the expected one, or that ran but is
-    not expected, or is expected but did not run: one readable entry each."""
-    lines = []
+    not expected, or is expected but did not run: case → a readable entry."""
+    found = {}
     known = set()
     for group in expected.groups:
         for case in group.cases:
             known.add(case)
             result = results.get(case)
             if result is None:
-                lines.append(f"{case}: expected {group.outcome}, but it did not run")
+                found[case] = f"{case}: expected {group.outcome}, but it did not run"
             elif result.outcome != group.outcome:
-                lines.append(
+                pad = " " * len(case)
+                found[case] = (
                     f"{case}: expected {group.outcome}\n"
-                    f"{' ' * len(case)}       got {result.outcome}\n"
-                    f"{' ' * len(case)}  (expected because: {group.reason})"
+                    f"{pad}       got {result.outcome}\n"
+                    f"{pad}  (expected because: {group.reason})"
                 )
     for case in sorted(set(results) - known, key=case_key):
-        lines.append(f"{case}: not in the expected file; got {results[case].outcome}")
-    return lines
+        found[case] = f"{case}: not in the expected file; got {results[case].outcome}"
+    return dict(sorted(found.items(), key=lambda item: case_key(item[0])))
 
 
 def too_slow(expected: Expected, results: Iterable[CaseResult]) -> list[CaseResult]:
