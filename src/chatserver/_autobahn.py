@@ -11,11 +11,14 @@ code or reason, against RFC 6455 7.1.2 (send a Close) and 7.1.1 (close the TCP
 connection cleanly).
 
 :class:`GracefulCloseMixin` keeps Autobahn's state machine and changes only
-how the TCP connection ends: once the closing handshake is done, the write
+how the TCP connection ends, when the closing handshake is done (instead of
+Autobahn's abort) and whenever Autobahn closes without aborting: the write
 buffer (our Close frame last) is flushed, then a FIN is sent, and whatever the
 client still sends is read and thrown away until its FIN, so the kernel never
-resets the connection for unread data. A client that does not finish within
-the closing handshake timeout is aborted, as before.
+resets the connection for unread data (over TLS, the TLS layer's own orderly
+close instead). A client that has not finished after the closing handshake
+timeout (at least 1 s) is aborted. Timeouts and deliberate aborts (a client
+that stopped reading) still abort at once.
 
 It relies on ``_closeConnection``. :func:`close_internals_problem` checks,
 when a class using the mixin is created, that Autobahn still has it and that
@@ -169,8 +172,8 @@ class GracefulCloseMixin:
         super()._closeConnection(True)
 
     def dataReceived(self, data: bytes) -> None:
-        """Hand bytes to Autobahn, unless our FIN is out: then the client's
-        Close has been read and what follows is dropped unbuffered."""
+        """Hand bytes to Autobahn, unless the connection is closing (our FIN
+        is out): then they are dropped, never buffered."""
         if self._draining:
             return
         super().dataReceived(data)
