@@ -8,9 +8,8 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from chatserver import Limits, MemoryStorage
+from chatserver import Limits
 from chatserver.client import ConnectionClosed, RequestFailed, connect
-from tests.conftest import add_demo_users
 from tests.test_bad_input import assert_others_still_chat
 
 UNLIMITED = {"rate": 0}

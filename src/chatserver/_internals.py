@@ -17,15 +17,48 @@ Private attributes used:
   connection is closing (one 64 KiB read holds 10,000 tiny frames, each
   parsed and sliced off the buffer); a connection closed for abuse discards
   it instead.
+- ``autobahn.websocket.protocol.WebSocketProtocol._closeConnection``: see
+  :class:`GracefulCloseMixin`.
+
+Closing, in detail.
+What we rely on in Autobahn's and Twisted's internals, in one guarded place.
+
+Autobahn ends a server connection with ``dropConnection(abort)``, which marks
+it closed and hands ``abort`` to the private ``_closeConnection``. Two of its
+paths abort (RST) a connection whose closing handshake is complete: when the
+client's Close frame crosses ours (RFC 6455 5.5.1: both sides send Close at
+once), and when a protocol error (1002, 1007) makes it fail the connection
+while the client's Close is already on its way. Twisted's abort discards the
+write buffer, and with it our Close frame, so the client never learns the
+code or reason, against RFC 6455 7.1.2 (send a Close) and 7.1.1 (close the TCP
+connection cleanly).
+
+:class:`GracefulCloseMixin` keeps Autobahn's state machine and changes only
+how the TCP connection ends, when the closing handshake is done (instead of
+Autobahn's abort) and whenever Autobahn closes without aborting: the write
+buffer (our Close frame last) is flushed, then a FIN is sent, and whatever the
+client still sends is read and thrown away until its FIN, so the kernel never
+resets the connection for unread data (over TLS, the TLS layer's own orderly
+close instead). A client that has not finished after the closing handshake
+timeout (at least 1 s) is aborted. Timeouts and deliberate aborts (a client
+that stopped reading) still abort at once.
+
+It relies on ``_closeConnection``. :func:`close_internals_problem` checks,
+when a class using the mixin is created, that Autobahn still has it and that
+``dropConnection`` still routes through it; if not, the class keeps Autobahn's
+stock behaviour and says so once in the log.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Protocol
 
+import txaio
 from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from chatserver.logs import Throttle
 
@@ -150,3 +183,154 @@ def tune_tcp(transport: Any) -> None:
                 setter(True)
             except OSError:
                 pass  # the socket is already gone
+
+
+#: The shortest wait for a client to finish closing, whatever
+#: ``closeHandshakeTimeout`` says (0 there means "wait for ever").
+MIN_DRAIN_TIMEOUT = 1.0
+
+
+class _DropProbe:
+    """Just enough of a connection for Autobahn's ``dropConnection`` to run
+    on, recording what it asks of ``_closeConnection``."""
+
+    def __init__(self, base: Any) -> None:
+        self.STATE_CLOSED = base.STATE_CLOSED
+        self.state = base.STATE_CLOSING
+        self.wasClean = True
+        self.wasNotCleanReason = None
+        self.droppedByMe = False
+        self.peer = "probe"
+        self.log = base.log
+        self.is_closed = txaio.create_future()
+        self.closed_with: list[bool] = []
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        self.closed_with.append(abort)
+
+
+def close_internals_problem(base: Any) -> str | None:
+    """Check that ``base``, an Autobahn ``WebSocketServerProtocol`` (or what
+    stands after :class:`GracefulCloseMixin` in a class's MRO), has what the
+    mixin relies on.
+
+    :param base: the class, or a ``super()`` proxy of it.
+    :return: ``None`` when it does; else what is missing, as a sentence.
+    """
+    for name in ("STATE_OPEN", "STATE_CLOSING", "STATE_CLOSED", "log"):
+        if not hasattr(base, name):
+            return f"Autobahn's protocol has no {name}"
+    for name in ("_closeConnection", "dropConnection"):
+        method = getattr(base, name, None)
+        if not callable(method):
+            return f"Autobahn's protocol has no {name}()"
+        try:
+            parameters = list(inspect.signature(method).parameters)
+        except (TypeError, ValueError):
+            return f"the signature of Autobahn's {name}() cannot be read"
+        if parameters[1:2] != ["abort"]:
+            return f"Autobahn's {name}() no longer takes abort as its first argument"
+    # Behaviour: dropConnection marks the connection closed and passes abort on.
+    for abort in (True, False):
+        try:
+            probe = _DropProbe(base)
+            base.dropConnection(probe, abort)
+        except Exception as e:
+            return f"Autobahn's dropConnection() failed on a probe: {e!r}"
+        if probe.closed_with != [abort] or probe.state != base.STATE_CLOSED:
+            return "Autobahn's dropConnection() no longer closes through _closeConnection()"
+    return None
+
+
+class GracefulCloseMixin:
+    """For an Autobahn ``WebSocketServerProtocol`` over Twisted: our Close
+    frame always reaches the client, and the TCP connection ends cleanly
+    (FIN, not RST) once the closing handshake is done; only a client that
+    does not finish in time is aborted.
+
+    Put it before the protocol class in the bases::
+
+        class ChatServerProtocol(GracefulCloseMixin, WebSocketServerProtocol): ...
+
+    :cvar graceful_close: whether the Autobahn installed has what the mixin
+        relies on (checked when the class is created); when false, every
+        method here defers to Autobahn's stock behaviour.
+    """
+
+    graceful_close = False
+    _draining = False
+    _drain_call: IDelayedCall | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        problem = close_internals_problem(super())
+        cls.graceful_close = problem is None
+        if problem is not None:
+            log.warn(
+                "{cls}: {problem}; closing connections as Autobahn does (our Close "
+                "frame may be lost when the client's crosses it)",
+                cls=cls.__qualname__,
+                problem=problem,
+            )
+
+    def dropConnection(self, abort: bool = False) -> None:
+        """End the connection as Autobahn asks, except that a connection
+        whose closing handshake is complete is never aborted.
+
+        :param abort: Autobahn's wish to reset rather than close.
+        """
+        if abort and self.graceful_close and self.wasClean and self.state == self.STATE_CLOSING:
+            # Both Close frames have crossed (or a protocol error answered
+            # one): nothing is wrong with the TCP connection, and ours may
+            # still be in the write buffer.
+            abort = False
+        super().dropConnection(abort)
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        """Called by Autobahn's ``dropConnection``: abort at once, or flush
+        what is written, send a FIN, and wait (bounded) for the client's.
+
+        :param abort: reset the connection now.
+        """
+        if abort or not self.graceful_close or self._draining:
+            super()._closeConnection(abort)
+            return
+        self._draining = True
+        timeout = max(self.closeHandshakeTimeout or 0, MIN_DRAIN_TIMEOUT)
+        self._drain_call = self.factory.reactor.callLater(timeout, self._drain_timed_out)
+        transport = self.transport
+        if isinstance(transport, tcp.Connection) and not transport.disconnecting:
+            # Half-close: the FIN goes after the write buffer; reading on
+            # until the client's FIN leaves nothing unread for the kernel to
+            # answer with a reset.
+            transport.loseWriteConnection()
+            transport.resumeProducing()
+        else:
+            # TLS and other wrappers: their own orderly close.
+            transport.loseConnection()
+
+    def _drain_timed_out(self) -> None:
+        self._drain_call = None
+        self.close_timed_out()
+        super()._closeConnection(True)
+
+    def close_timed_out(self) -> None:
+        """The client did not finish closing in time and is about to be
+        aborted: a hook for counting it."""
+
+    def dataReceived(self, data: bytes) -> None:
+        """Hand bytes to Autobahn, unless the connection is closing (our FIN
+        is out): then they are dropped, never buffered."""
+        if self._draining:
+            return
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        """The client closed (or the drain timed out): stop the timer."""
+        call, self._drain_call = self._drain_call, None
+        if call is not None and call.active():
+            call.cancel()
+        super().connectionLost(reason)

@@ -92,6 +92,9 @@ class ChatServerFactory(WebSocketServerFactory):
             allowNullOrigin=not allowed_origins,
             # Say why with a close code (1002, 1007, 1009...) rather than hang up.
             failByDrop=False,
+            # Autobahn's timers are batched to whole seconds: "1 s" (its
+            # default) fires after 0 to 1 s, too soon for a busy client.
+            closeHandshakeTimeout=2,
             autoPingInterval=limits.ping_interval,
             autoPingTimeout=limits.ping_timeout,
         )

@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatserver import errors, wire
-from chatserver._internals import discard_input, tune_tcp, write_now
+from chatserver._internals import GracefulCloseMixin, discard_input, tune_tcp, write_now
 from chatserver.errors import ChatError, Ending, SessionRefused
 from chatserver.limits import TokenBucket
 from chatserver.logs import escape
@@ -79,7 +79,7 @@ class _WriteWatch:
         pass
 
 
-class ChatServerProtocol(WebSocketServerProtocol):
+class ChatServerProtocol(GracefulCloseMixin, WebSocketServerProtocol):
     """Parses each frame into a request, hands it to the handler with the
     connection's session, and sends exactly one reply (or closes the
     connection with a code).
@@ -213,6 +213,12 @@ class ChatServerProtocol(WebSocketServerProtocol):
         else:
             self._take_token()
 
+    def close_timed_out(self) -> None:
+        self.factory.stats.closes["close-timeout"] += 1
+        self.factory.throttle.info(
+            "close-timeout", "aborting {peer}: it did not finish closing in time", peer=self.peer
+        )
+
     def _message_timed_out(self) -> None:
         self._message_timer = None
         self._close_for("message-timeout", CLOSE_POLICY_VIOLATION, "message not completed in time")
@@ -281,16 +287,21 @@ class ChatServerProtocol(WebSocketServerProtocol):
     # -- outgoing ----------------------------------------------------------
 
     def _close_for(self, why: str, code: int, reason: str, *, abusive: bool = True) -> None:
-        """Close the connection, counting why. A client closed for abuse is
-        not read any more: whatever it keeps sending is not parsed, and the
-        connection is dropped when the closing handshake times out."""
+        """Close the connection, counting why.
+
+        A client closed for abuse has its connection failed (RFC 6455,
+        7.1.7): our Close frame goes out and the TCP connection is closed
+        after it, without waiting for the client's Close; whatever it keeps
+        sending is read and dropped unparsed. Others get the whole closing
+        handshake.
+        """
         if self.state != self.STATE_OPEN:
             return
         self.factory.stats.closes[why] += 1
         self.close(code, reason)
-        if abusive and self.transport is not None:
-            self.transport.pauseProducing()
+        if abusive:
             discard_input(self)
+            self.dropConnection(abort=False)
 
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake with any close code, e.g. 1008.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from chatserver.delivery import LocalRouter, SessionRegistry
 from chatserver.errors import Ending
+from chatserver.events import EventEmitter
 from chatserver.protocol import text_frame
 from chatserver.server import LocalPresence, ServerAPI
-from chatserver.events import EventEmitter
 from chatserver.session import Session
 from tests.unit.fakes import Link
 

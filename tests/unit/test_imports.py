@@ -8,7 +8,8 @@ import sys
 CHECK = """
 import sys, chatserver
 from chatserver import IChatStorage, MemoryStorage, Session, ServerAPI, build_server
-heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('txmongo', 'pymongo', 'bson', 'txredisapi'))
+clients = ('txmongo', 'pymongo', 'bson', 'txredisapi')
+heavy = sorted(m for m in sys.modules if m.split('.')[0] in clients)
 print('reactor' if 'twisted.internet.reactor' in sys.modules else 'no reactor', heavy)
 """
 

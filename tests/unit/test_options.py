@@ -39,6 +39,8 @@ def test_mistakes_are_usage_errors(argv):
 
 
 def test_directory_and_origins():
-    options = parse("--directory", "all", "--allowed-origins", "https://a.example, https://b.example")
+    options = parse(
+        "--directory", "all", "--allowed-origins", "https://a.example, https://b.example"
+    )
     assert options["directory"] == "all"
     assert options.allowed_origins == ["https://a.example", "https://b.example"]

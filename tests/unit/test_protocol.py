@@ -127,14 +127,16 @@ def test_a_fragmented_message_must_complete_in_time():
     assert client.close_frame() == (1008, "message not completed in time")
 
 
-def test_a_closed_abuser_is_not_read_any_more():
+def test_an_abusers_connection_is_failed_and_what_it_sends_next_is_not_parsed():
     app, clock = server(limits=Limits(rate=0, max_fragments=2))
     client = signed_in(app, clock)
     client.send(TEXT, b"{", fin=False)
     client.send(CONTINUATION, b"", fin=False)
     client.send(CONTINUATION, b"", fin=False)
     assert client.close_frame()[0] == 1009
-    assert client.transport.producerState == "paused"
+    assert client.transport.disconnecting  # closed after our Close, not waiting for theirs
+    client.request("serverInfo")
+    assert client.received() == []
 
 
 def test_frames_of_one_turn_go_out_in_one_write():

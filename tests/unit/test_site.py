@@ -5,9 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.testing import StringTransport
-
 from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from chatserver import IChatStorage, Limits, MemoryStorage
@@ -77,7 +76,7 @@ def test_malformed_paths_get_400(path):
 
 
 def test_connections_count_as_pending_until_they_close():
-    app, _, protocol, transport = channel()
+    app, _, protocol, _ = channel()
     assert len(app.factory.admission) == 1
     protocol.connectionLost(None)
     assert len(app.factory.admission) == 0
@@ -101,7 +100,9 @@ def test_ready_says_503_when_storage_does_not_answer_in_time():
     clock.advance(READY_TIMEOUT)
     head, _, body = transport.value().partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503")
-    assert orjson.loads(body.split(b"\r\n")[1] if b"chunked" in head else body)["storage"] == "error"
+    assert (
+        orjson.loads(body.split(b"\r\n")[1] if b"chunked" in head else body)["storage"] == "error"
+    )
 
 
 def test_origins():

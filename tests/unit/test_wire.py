@@ -31,7 +31,8 @@ def test_what_is_not_a_json_object_is_unreadable(payload):
 
 
 @pytest.mark.parametrize(
-    "request_id", [b"null", b"[1]", b"{}", b"true", b"1.5", b'"' + b"x" * 129 + b'"', b"9007199254740992"]
+    "request_id",
+    [b"null", b"[1]", b"{}", b"true", b"1.5", b'"' + b"x" * 129 + b'"', b"9007199254740992"],
 )
 def test_an_unusable_id_is_refused_with_a_null_id(request_id):
     result = parse_request(b'{"type": "create", "id": ' + request_id + b"}")
@@ -87,13 +88,17 @@ def test_size_and_type_are_checked():
 
 
 def test_binary_frames():
-    assert parse_binary(b'{"id": 4}') == Refusal(4, "invalidRequest", "binary frames are not supported")
+    assert parse_binary(b'{"id": 4}') == Refusal(
+        4, "invalidRequest", "binary frames are not supported"
+    )
     assert type(parse_binary(b"\x00\xff")) is Unreadable
 
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -106,7 +111,10 @@ def test_any_frame_gets_exactly_one_outcome_and_requests_can_be_answered(data, r
     if type(result) is Request:
         # Whatever passes the edge can be stored and sent back.
         expected = {} if data is None else data
-        assert orjson.loads(wire.reply(result.id, result.data)) == {"id": result.id, "data": expected}
+        assert orjson.loads(wire.reply(result.id, result.data)) == {
+            "id": result.id,
+            "data": expected,
+        }
     if type(result) is Refusal:
         wire.error_reply(result.id, result.code, result.message)
 
