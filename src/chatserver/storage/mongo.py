@@ -287,6 +287,47 @@ def _decode_cursor(cursor: object) -> tuple[object, ObjectId]:
         raise ChatError(INVALID_QUERY, "`before` is not a cursor this server gave") from e
 
 
+async def _beyond(
+    collection: Any,
+    selector: dict[str, Any],
+    at: tuple[str, object],
+    tie: tuple[str, object],
+    *,
+    newer: bool,
+    count: int,
+    projection: dict[str, int] | None = None,
+) -> list[dict]:
+    """The first ``count`` documents of ``selector`` past the position (at,
+    tie) in the order (at, tie): newer ones oldest first, or older ones
+    newest first.
+
+    Two plain index ranges, equal ``at`` first, then the rest, rather than
+    one query with an ``$or``/``$nor``: every query planner serves these from
+    an index on (..., at, tie).
+    """
+    (at_field, at_value), (tie_field, tie_value) = at, tie
+    past = "$gt" if newer else "$lt"
+    order = qf.sort(
+        (qf.ASCENDING if newer else qf.DESCENDING)(at_field)
+        + (qf.ASCENDING if newer else qf.DESCENDING)(tie_field)
+    )
+    same = await collection.find(
+        {**selector, at_field: at_value, tie_field: {past: tie_value}},
+        projection=projection,
+        sort=order,
+        limit=count,
+    )
+    if len(same) >= count:
+        return same
+    rest = await collection.find(
+        {**selector, at_field: {past: at_value}},
+        projection=projection,
+        sort=order,
+        limit=count - len(same),
+    )
+    return same + rest
+
+
 def _page_limit(query: Mapping[str, Any]) -> int:
     try:
         limit = int(query.get("limit", 100))
@@ -785,33 +826,35 @@ class MongoStorage(Service):
             return succeed([])
 
         async def op(db: Database) -> list[dict]:
-            selector: dict[str, Any] = {"conversation": key}
-            sort = _NEWEST_FIRST
-            if cursor is not None:
-                oid = _message_oid(cursor)
-                anchor = None
-                if oid is not None:
-                    anchor = await db.messages.find_one(
-                        {"_id": oid, "conversation": key}, projection={"createdAt": 1}
-                    )
-                if anchor is None:
-                    raise ChatError(NOT_FOUND, "no such message in this conversation")
-                if limit <= 0:
-                    return []
-                at = anchor.get("createdAt")
-                # One index range on createdAt; the $nor drops, among the
-                # messages sent at the same instant, those on the wrong side.
-                if before is not None:
-                    selector["createdAt"] = {"$lte": at}
-                    selector["$nor"] = [{"createdAt": at, "_id": {"$gte": oid}}]
-                else:
-                    selector["createdAt"] = {"$gte": at}
-                    selector["$nor"] = [{"createdAt": at, "_id": {"$lte": oid}}]
-                    sort = _OLDEST_FIRST
-            docs = await db.messages.find(
-                selector, projection=_HIDDEN, skip=skip, limit=limit, sort=sort
+            if cursor is None:
+                docs = await db.messages.find(
+                    {"conversation": key},
+                    projection=_HIDDEN,
+                    skip=skip,
+                    limit=limit,
+                    sort=_NEWEST_FIRST,
+                )
+                return [_public(doc) for doc in docs]
+            oid = _message_oid(cursor)
+            anchor = None
+            if oid is not None:
+                anchor = await db.messages.find_one(
+                    {"_id": oid, "conversation": key}, projection={"createdAt": 1}
+                )
+            if anchor is None:
+                raise ChatError(NOT_FOUND, "no such message in this conversation")
+            if limit <= 0:
+                return []
+            docs = await _beyond(
+                db.messages,
+                {"conversation": key},
+                ("createdAt", anchor.get("createdAt")),
+                ("_id", oid),
+                newer=after is not None,
+                count=skip + limit,
+                projection=_HIDDEN,
             )
-            return [_public(doc) for doc in docs]
+            return [_public(doc) for doc in docs[skip:]]
 
         return self.run(op, name="getMessages")
 
@@ -913,11 +956,13 @@ class MongoStorage(Service):
             return succeed([])
 
         async def op(db: Database) -> list[dict]:
+            # One more than a page: the user's conversation with themselves
+            # is dropped here (a $ne would keep some planners off the index).
             partners = await db.conversations.find(
-                {"user": me, "isGroup": False, "with": {**bound, "$ne": me}},
+                {"user": me, "isGroup": False, "with": bound},
                 projection={"with": 1, "_id": 0},
                 sort=_BY_PARTNER,
-                limit=limit,
+                limit=limit + 1,
             )
             members = await db.groups.aggregate(
                 [
@@ -930,7 +975,8 @@ class MongoStorage(Service):
                     {"$limit": limit},
                 ]
             )
-            ids = sorted({p["with"] for p in partners} | {m["_id"] for m in members})[:limit]
+            found = {p["with"] for p in partners} | {m["_id"] for m in members}
+            ids = sorted(found - {me})[:limit]
             known = await self._users_by_id(db, ids)
             return [known.get(i, {"id": i, "name": i}) for i in ids]
 
@@ -1003,14 +1049,20 @@ class MongoStorage(Service):
             return succeed({"conversations": [], "next": None})
 
         async def op(db: Database) -> dict:
-            selector: dict[str, Any] = {"user": me}
-            if position is not None:
+            if position is None:
+                entries = await db.conversations.find(
+                    {"user": me}, sort=_LATEST_CONVERSATION_FIRST, limit=limit + 1
+                )
+            else:
                 at, oid = position
-                selector["lastAt"] = {"$lte": at}
-                selector["$nor"] = [{"lastAt": at, "lastId": {"$gte": oid}}]
-            entries = await db.conversations.find(
-                selector, sort=_LATEST_CONVERSATION_FIRST, limit=limit + 1
-            )
+                entries = await _beyond(
+                    db.conversations,
+                    {"user": me},
+                    ("lastAt", at),
+                    ("lastId", oid),
+                    newer=False,
+                    count=limit + 1,
+                )
             more = len(entries) > limit
             entries = entries[:limit]
             lasts = await db.messages.find(
