@@ -287,7 +287,7 @@ def _decode_cursor(cursor: object) -> tuple[object, ObjectId]:
         raise ChatError(INVALID_QUERY, "`before` is not a cursor this server gave") from e
 
 
-async def _beyond(
+async def page_beyond(
     collection: Any,
     selector: dict[str, Any],
     at: tuple[str, object],
@@ -845,7 +845,7 @@ class MongoStorage(Service):
                 raise ChatError(NOT_FOUND, "no such message in this conversation")
             if limit <= 0:
                 return []
-            docs = await _beyond(
+            docs = await page_beyond(
                 db.messages,
                 {"conversation": key},
                 ("createdAt", anchor.get("createdAt")),
@@ -1055,7 +1055,7 @@ class MongoStorage(Service):
                 )
             else:
                 at, oid = position
-                entries = await _beyond(
+                entries = await page_beyond(
                     db.conversations,
                     {"user": me},
                     ("lastAt", at),
