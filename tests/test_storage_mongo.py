@@ -14,19 +14,22 @@ credentials needs ``?authSource=admin`` (or wherever the user is defined).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pymongo
 import pytest
 import pytest_twisted
 from bson import ObjectId
+from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
+from twisted.internet.task import deferLater
 
 from chatserver.errors import STORAGE_ERROR
 from chatserver.storage.mongo import (
     READY,
     STOPPED,
+    UNREACHABLE,
     MongoStartupError,
     MongoStorage,
     MongoStorageError,
@@ -325,6 +328,32 @@ async def test_timeout_ms_zero_means_no_limit_of_its_own(mongodb_uri):
     storage = await open_storage(mongodb_uri + "?timeoutMS=0", timeout=None)
     try:
         assert storage.timeout is None
+        await storage.add_user("alice", token="t")
+        assert (await storage.authorize({"token": "t"}))["_id"] == "alice"
+    finally:
+        await storage.stopService()
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Wait until ``condition()`` holds, checking every 50 ms up to ``timeout``
+    (the store's status changes on events the test cannot subscribe to)."""
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        assert reactor.seconds() < deadline, "condition never held"
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_follows_the_connection(secantus):
+    storage = await open_storage(secantus.uri("chat"), timeout=2, retry_delay=0.2, max_delay=0.5)
+    try:
+        assert storage.status() == READY
+        secantus.kill()
+        with pytest.raises(MongoStorageError):
+            await storage.authorize({"token": "t"})
+        await eventually(lambda: storage.status() == UNREACHABLE)
+        secantus.start()
+        await eventually(lambda: storage.status() == READY)
         await storage.add_user("alice", token="t")
         assert (await storage.authorize({"token": "t"}))["_id"] == "alice"
     finally:
