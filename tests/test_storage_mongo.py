@@ -128,7 +128,12 @@ async def test_an_applications_own_users_and_groups_with_object_ids(storage):
     # Users and groups an application made itself, node-chat-server style.
     alice, team = ObjectId(), ObjectId()
     await storage.database.users.insert_one(
-        {"_id": alice, "tokenHash": hashlib.sha256(b"t").hexdigest(), "name": "Alice"}
+        {
+            "_id": alice,
+            "tokenHash": hashlib.sha256(b"t").hexdigest(),
+            "name": "Alice",
+            "token": "t",  # kept by the application too: never handed back
+        }
     )
     await storage.database.groups.insert_one({"_id": team, "users": [str(alice), "bob"]})
     user = await storage.authorize({"token": "t"})

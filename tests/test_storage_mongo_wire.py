@@ -633,7 +633,7 @@ async def test_authorize_looks_up_the_token_hash_only(storage, mock):
             {
                 "find": "users",
                 "filter": {"tokenHash": hashlib.sha256(b"s3cret-token").hexdigest()},
-                "projection": {"tokenHash": 0},
+                "projection": {"tokenHash": 0, "token": 0},
                 "limit": 1,
             },
             namespace=DB,

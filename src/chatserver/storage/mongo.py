@@ -502,6 +502,7 @@ class MongoStorage(Service):
         super().stopService()
         pool, self._pool, self._db = self._pool, None, None
         self._status = STOPPED
+        self._ready = False
         if self._setup is not None:
             self._setup.cancel()
             self._setup = None
@@ -723,8 +724,8 @@ class MongoStorage(Service):
     def authorize(self, credentials: dict) -> Deferred[dict | None]:
         """The user whose token is ``credentials["token"]`` (a str or int), or None.
 
-        The user comes back without its ``tokenHash`` and with ``_id`` as a
-        string.
+        The user comes back without its ``tokenHash`` (or any ``token``)
+        and with ``_id`` as a string.
         """
         token = credentials.get("token") if isinstance(credentials, Mapping) else None
         if isinstance(token, bool) or not isinstance(token, str | int) or token == "":
@@ -732,7 +733,11 @@ class MongoStorage(Service):
         token_hash = hash_token(str(token))
 
         async def op(db: Database) -> dict | None:
-            user = await db.users.find_one({"tokenHash": token_hash}, projection={"tokenHash": 0})
+            # Never hand back a token: an application may keep a plaintext
+            # one beside the hash (node-chat-server's example did).
+            user = await db.users.find_one(
+                {"tokenHash": token_hash}, projection={"tokenHash": 0, "token": 0}
+            )
             return _public(user) if user is not None else None
 
         return self.run(op, name="authorize")
@@ -882,7 +887,7 @@ class MongoStorage(Service):
                 return_document=ReturnDocument.AFTER,
             )
             if updated is not None:
-                await self._count_read(db, reader, updated, since_check=False)
+                await self._count_read(db, reader, updated, group=False)
                 return _public(updated)
             already = await db.messages.find_one(direct, projection=_HIDDEN)
             if already is not None:
@@ -905,21 +910,22 @@ class MongoStorage(Service):
                 return_document=ReturnDocument.AFTER,
             )
             if updated is not None:
-                await self._count_read(db, reader, updated, since_check=True)
+                await self._count_read(db, reader, updated, group=True)
                 return _public(updated)
             already = await db.messages.find_one(group, projection=_HIDDEN)
             return _public(already) if already is not None else None
 
         return self.run(op, name="read")
 
-    async def _count_read(
-        self, db: Database, reader: str, message: dict, since_check: bool
-    ) -> None:
+    async def _count_read(self, db: Database, reader: str, message: dict, group: bool) -> None:
+        key = message.pop("conversation", None) or conversation_key(
+            [str(message.get("from")), str(message.get("to"))], group
+        )
         entry: dict[str, Any] = {
-            "_id": conversation_entry_id(reader, message.pop("conversation")),
+            "_id": conversation_entry_id(reader, key),
             "unread": {"$gt": 0},
         }
-        if since_check:
+        if group:
             # Sent before the reader joined the group: it was never counted.
             entry["since"] = {"$lte": message["_id"]}
         await db.conversations.update_one(entry, {"$inc": {"unread": -1}})
