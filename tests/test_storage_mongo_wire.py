@@ -429,14 +429,19 @@ async def test_create_updates_both_sides_conversation_index(storage, mock):
     assert sender["q"] == {"_id": conversation_entry_id("alice", key)}
     assert recipient["q"] == {"_id": conversation_entry_id("$unread", key)}
     assert sender["upsert"] is recipient["upsert"] is True
-    (stage,) = recipient["u"]
-    fields = stage["$set"]
-    # Ids come from clients: in a pipeline they are literals, never field paths.
-    assert fields["user"] == {"$literal": "$unread"}
-    assert fields["with"] == {"$literal": "alice"}
-    assert fields["unread"] == {"$add": [{"$ifNull": ["$unread", 0]}, 1]}
-    assert sender["u"][0]["$set"]["unread"] == {"$add": [{"$ifNull": ["$unread", 0]}, 0]}
-    assert fields["since"] == {"$ifNull": ["$since", {"$literal": document["_id"]}]}
+    last = f"2026-01-01T00:00:00.000Z {document['_id']}"
+    assert recipient["u"] == {
+        # The latest wins, whatever order concurrent writes land in.
+        "$max": {"last": last},
+        "$inc": {"unread": 1},
+        "$setOnInsert": {
+            "user": "$unread",  # a value, never read as a field path
+            "with": "alice",
+            "isGroup": False,
+            "since": document["_id"],
+        },
+    }
+    assert sender["u"]["$inc"] == {"unread": 0}  # one's own message is read
     request.ok(n=2, nModified=0, upserted=[{"index": 0, "_id": "a"}, {"index": 1, "_id": "b"}])
     await within(pending)
 

@@ -17,8 +17,9 @@ Collections (in the database named by the URI's path, ``chatserver`` if none):
     ``{_id: "<group id>", users: ["<user id>", ...], name: ...}``.
 ``conversations``
     The per-user conversation index, one document per (user, conversation):
-    ``{_id, user, with, isGroup, lastAt, lastId, unread, since}``, kept up
-    to date by :meth:`~MongoStorage.create` and :meth:`~MongoStorage.read`.
+    ``{_id, user, with, isGroup, last, unread, since}`` (``last``: the last
+    message's ``createdAt`` and id, see :func:`last_key`), kept up to date
+    by :meth:`~MongoStorage.create` and :meth:`~MongoStorage.read`.
 ``revocations``
     ``{user, at}``: sessions an operator ended; each expires after a day.
 
@@ -115,7 +116,7 @@ _HIDDEN: dict[str, int] = {"conversation": 0, "clientKey": 0}
 _NEWEST_FIRST = qf.sort(qf.DESCENDING("createdAt") + qf.DESCENDING("_id"))
 _OLDEST_FIRST = qf.sort(qf.ASCENDING("createdAt") + qf.ASCENDING("_id"))
 _BY_ID = qf.sort(qf.ASCENDING("_id"))
-_LATEST_CONVERSATION_FIRST = qf.sort(qf.DESCENDING("lastAt") + qf.DESCENDING("lastId"))
+_LATEST_CONVERSATION_FIRST = qf.sort(qf.DESCENDING("last"))
 _BY_PARTNER = qf.sort(qf.ASCENDING("with"))
 _BY_TIME = qf.sort(qf.ASCENDING("at"))
 
@@ -225,64 +226,57 @@ def _message_oid(message_id: object) -> ObjectId | None:
         return None
 
 
-def _literal(value: object) -> dict[str, object]:
-    # In an update pipeline a string starting with "$" would be read as a
-    # field path: user ids come from clients, so every value is a literal.
-    return {"$literal": value}
+def last_key(created_at: object, oid: ObjectId) -> str:
+    """A message's place in conversation order as one string: ``createdAt``,
+    a space, then its id in hex. Compared as strings these keys follow
+    (createdAt, _id) — the server's ``createdAt`` is fixed-width ISO 8601,
+    and the space sorts below every character it holds — so ``$max`` keeps
+    the latest whatever order writes land in."""
+    return f"{created_at} {oid}"
+
+
+def _message_of(key: str) -> ObjectId:
+    return ObjectId(key[-24:])
 
 
 def _touch_conversation(
     user: str, other: str, is_group: bool, key: str, at: object, oid: ObjectId, unread: int
 ) -> UpdateOne:
     """The write that records message ``oid`` (sent at ``at``) in ``user``'s
-    entry for conversation ``key``: the last message, if it is later than
-    the one recorded (writes may land out of order), and ``unread`` more
-    unread messages. One pipeline update, so it is atomic per entry."""
-    newer = {
-        "$or": [
-            {"$lt": ["$lastAt", _literal(at)]},
-            {"$and": [{"$eq": ["$lastAt", _literal(at)]}, {"$lt": ["$lastId", _literal(oid)]}]},
-        ]
-    }
+    entry for conversation ``key``: it becomes the last message if it is
+    later than the one recorded, and ``unread`` more messages are unread.
+    One update, atomic per entry, with plain operators (no pipeline)."""
     return UpdateOne(
         {"_id": conversation_entry_id(user, key)},
-        [
-            {
-                "$set": {
-                    "user": _literal(user),
-                    "with": _literal(other),
-                    "isGroup": _literal(is_group),
-                    "lastAt": {"$cond": [newer, _literal(at), "$lastAt"]},
-                    "lastId": {"$cond": [newer, _literal(oid), "$lastId"]},
-                    "unread": {"$add": [{"$ifNull": ["$unread", 0]}, unread]},
-                    # The first message counted: a group member's unread
-                    # count covers only what was sent once they were in.
-                    "since": {"$ifNull": ["$since", _literal(oid)]},
-                }
-            }
-        ],
+        {
+            "$max": {"last": last_key(at, oid)},
+            "$inc": {"unread": unread},
+            # The first message counted: a group member's unread count covers
+            # only what was sent once they were in.
+            "$setOnInsert": {"user": user, "with": other, "isGroup": is_group, "since": oid},
+        },
         upsert=True,
     )
 
 
-def _encode_cursor(at: object, oid: ObjectId) -> str:
-    raw = json.dumps([at, str(oid)], ensure_ascii=False, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+def _encode_cursor(last: str) -> str:
+    return base64.urlsafe_b64encode(last.encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: object) -> tuple[object, ObjectId]:
-    """The (lastAt, lastId) a conversations cursor stands for.
+def _decode_cursor(cursor: object) -> str:
+    """The ``last`` key a conversations cursor stands for.
 
     :raise ChatError: ``invalidQuery`` for anything we did not hand out.
     """
     try:
-        if not isinstance(cursor, str) or len(cursor) > 4096:
+        if not isinstance(cursor, str) or not cursor or len(cursor) > 4096:
             raise ValueError(cursor)
         padded = cursor + "=" * (-len(cursor) % 4)
-        at, oid = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-        if not isinstance(at, str):
-            raise ValueError(at)
-        return at, ObjectId(oid)
+        last = base64.urlsafe_b64decode(padded.encode("ascii")).decode()
+        _message_of(last)
+        if last[-25:-24] != " ":
+            raise ValueError(last)
+        return last
     except (ValueError, TypeError, InvalidId, UnicodeError) as e:
         raise ChatError(INVALID_QUERY, "`before` is not a cursor this server gave") from e
 
@@ -1055,39 +1049,29 @@ class MongoStorage(Service):
             return succeed({"conversations": [], "next": None})
 
         async def op(db: Database) -> dict:
-            if position is None:
-                entries = await db.conversations.find(
-                    {"user": me}, sort=_LATEST_CONVERSATION_FIRST, limit=limit + 1
-                )
-            else:
-                at, oid = position
-                entries = await page_beyond(
-                    db.conversations,
-                    {"user": me},
-                    ("lastAt", at),
-                    ("lastId", oid),
-                    newer=False,
-                    count=limit + 1,
-                )
+            selector: dict[str, Any] = {"user": me}
+            if position is not None:
+                selector["last"] = {"$lt": position}
+            entries = await db.conversations.find(
+                selector, sort=_LATEST_CONVERSATION_FIRST, limit=limit + 1
+            )
             more = len(entries) > limit
             entries = entries[:limit]
             lasts = await db.messages.find(
-                {"_id": {"$in": [e["lastId"] for e in entries]}}, projection=_HIDDEN
+                {"_id": {"$in": [_message_of(e["last"]) for e in entries]}}, projection=_HIDDEN
             )
             by_id = {m["_id"]: _public(m) for m in lasts}
             page = [
                 {
                     "with": e["with"],
                     "isGroup": bool(e.get("isGroup")),
-                    "last": by_id[e["lastId"]],
+                    "last": by_id[_message_of(e["last"])],
                     "unread": max(0, int(e.get("unread", 0))),
                 }
                 for e in entries
-                if e.get("lastId") in by_id
+                if _message_of(e["last"]) in by_id
             ]
-            following = (
-                _encode_cursor(entries[-1]["lastAt"], entries[-1]["lastId"]) if more else None
-            )
+            following = _encode_cursor(entries[-1]["last"]) if more else None
             return {"conversations": page, "next": following}
 
         return self.run(op, name="getConversations")

@@ -80,7 +80,7 @@ INDEXES: tuple[IndexSpec, ...] = (
     IndexSpec(
         "conversations",
         "conversations_by_last",
-        (("user", 1), ("lastAt", -1), ("lastId", -1)),
+        (("user", 1), ("last", -1)),
         purpose="a user's conversations, latest first",
     ),
     IndexSpec(

@@ -50,6 +50,7 @@ from chatserver.storage.mongo import (
     conversation_entry_id,
     conversation_key,
     hash_token,
+    last_key,
     page_beyond,
 )
 from chatserver.storage.mongo_indexes import INDEXES, existing_indexes, find_conflict
@@ -351,8 +352,7 @@ class SeedMigration:
                     "user": person,
                     "with": other,
                     "isGroup": kind == "g",
-                    "lastAt": last.get("createdAt"),
-                    "lastId": last["_id"],
+                    "last": last_key(last.get("createdAt"), last["_id"]),
                     "unread": counts.unread(person, kind == "g"),
                     "since": EVERYTHING,
                 },
