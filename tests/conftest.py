@@ -15,6 +15,7 @@ from twisted.internet.endpoints import serverFromString
 from chatserver import ChatServer, MemoryStorage, build_server
 from chatserver.client import ChatClientProtocol, connect
 from chatserver.limits import Limits
+from tests.mongo import mongodb_server, mongodb_uri, secantus  # noqa: F401 (fixtures for all)
 
 USERS = ("alice", "bob", "carol", "dave")
 GROUPS = {"team": ["alice", "bob", "carol"]}

@@ -27,8 +27,18 @@ from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.threads import deferToThread
 
-from chatserver.errors import STORAGE_ERROR
-from chatserver.storage.mongo import MongoStorage, MongoStorageError, conversation_key
+from chatserver.errors import STORAGE_ERROR, STORAGE_TIMEOUT
+from chatserver.storage.mongo import (
+    BUILDING_INDEXES,
+    READY,
+    UNREACHABLE,
+    MongoStartupError,
+    MongoStorage,
+    MongoStorageError,
+    conversation_entry_id,
+    conversation_key,
+)
+from chatserver.storage.mongo_indexes import INDEXES, find_conflict, format_key
 
 # txmongo refuses servers older than MongoDB 4.0 (wire version 7).
 HELLO = {"ismaster": True, "minWireVersion": 0, "maxWireVersion": 17}
@@ -43,6 +53,7 @@ MESSAGE_ID = "0123456789abcdef01234567"
 
 def start_mock(port: int | None = None) -> MockupDB:
     server = MockupDB(port=port, auto_ismaster=HELLO, request_timeout=RECEIVE_TIMEOUT)
+    server.autoresponds("ping")
     server.run()
     return server
 
@@ -62,7 +73,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def make_storage(port: int) -> MongoStorage:
+def make_storage(port: int, **options: Any) -> MongoStorage:
     return MongoStorage(
         f"mongodb://127.0.0.1:{port}/{DB}",
         reactor,
@@ -70,6 +81,7 @@ def make_storage(port: int) -> MongoStorage:
         pool_size=1,
         retry_delay=0.2,
         max_delay=0.5,
+        **options,
     )
 
 
@@ -85,18 +97,23 @@ def within(d: Deferred, seconds: float = TIMEOUT + 3) -> Deferred:
 
 async def answer_index_creation(server: MockupDB) -> list:
     requests = []
-    for collection in ("messages", "users", "groups"):
-        request = await receive(server, OpMsg({"createIndexes": collection}, namespace=DB))
+    for spec in INDEXES:
+        request = await receive(server, OpMsg({"createIndexes": spec.collection}, namespace=DB))
         request.ok()
         requests.append(request)
     return requests
 
 
-async def failure_of(d: Deferred) -> MongoStorageError:
+async def failure_of(d: Deferred, code: str = STORAGE_ERROR) -> MongoStorageError:
     with pytest.raises(MongoStorageError) as info:
         await within(d)
-    assert info.value.code == STORAGE_ERROR
+    assert info.value.code == code
     return info.value
+
+
+def index_conversations(server: MockupDB) -> Any:
+    """Answer every write to the conversation index (for tests about something else)."""
+    return server.autoresponds(OpMsg({"update": "conversations"}, namespace=DB), n=1, nModified=1)
 
 
 def cursor(*docs: dict, collection: str = "messages") -> dict:
@@ -116,6 +133,7 @@ async def storage(mock: MockupDB) -> AsyncIterator[MongoStorage]:
     store.startService()
     await answer_index_creation(mock)
     await within(store.whenReady())
+    store.conversation_writes = index_conversations(mock)  # type: ignore[attr-defined]
     yield store
     await store.stopService()
 
@@ -130,7 +148,18 @@ def test_construction_parses_the_uri_only():
     assert store.timeout == 2.5
     assert "secret" not in repr(store)
     assert MongoStorage("mongodb://h1,h2:27018/chat").database_name == "chat"
-    for bad in ("mongodb+srv://cluster.example/db", "mongodb://h/db?tls=true", "http://h/"):
+    assert MongoStorage("mongodb://h/chat").timeout == 5.0
+    # As in MongoDB, 0 is no limit (the server's storage timeout still applies).
+    assert MongoStorage("mongodb://h/chat?timeoutMS=0").timeout is None
+    assert MongoStorage("mongodb://h/chat", timeout=0).timeout is None
+    assert MongoStorage("mongodb://h/chat?timeoutMS=0", timeout=3).timeout == 3.0
+    bad_uris = (
+        "mongodb+srv://cluster.example/db",
+        "mongodb://h/db?tls=true",
+        "http://h/",
+        "mongodb://h/db?timeoutMS=-1",
+    )
+    for bad in bad_uris:
         with pytest.raises(ValueError):
             MongoStorage(bad)
 
@@ -140,47 +169,160 @@ def test_conversation_keys():
     assert conversation_key(["alice", "team"], True) == conversation_key(["bob", "team"], True)
     # A user and a group of the same id do not share a history.
     assert conversation_key(["g", "team"], False) != conversation_key(["x", "team"], True)
+    # One entry per user and conversation, whatever the ids hold.
+    assert conversation_entry_id("a", '["d","a","b"]') == '["a","[\\"d\\",\\"a\\",\\"b\\"]"]'
+    assert conversation_entry_id('a","b', "k") != conversation_entry_id("a", '"b","k')
 
 
-@pytest_twisted.ensureDeferred
-async def test_calls_before_start_fail_without_io():
-    store = make_storage(9)
-    error = await failure_of(store.create({"from": "a", "to": "b", "createdAt": "x"}))
-    assert "not running" in error.message
+def test_conflict_lines():
+    [history] = [spec for spec in INDEXES if spec.name == "conversation_history"]
+    [tokens] = [spec for spec in INDEXES if spec.name == "token_hash"]
+    assert format_key({"conversation": 1, "createdAt": -1.0}) == "{conversation: 1, createdAt: -1}"
+    # Ours already: nothing to say.
+    mine = {"v": 2, **history.document()}
+    assert find_conflict("chat", history, {"conversation_history": mine}) is None
+    # Our name, other keys.
+    other = {"key": {"to": 1}, "name": "conversation_history"}
+    line = find_conflict("chat", history, {"conversation_history": other})
+    assert line == (
+        "index conflict: chat.messages has an index named conversation_history on {to: 1} "
+        "(no options), but chatserver needs that name for "
+        "{conversation: 1, createdAt: -1, _id: -1} (no options); drop it (mongosh: "
+        'db.getSiblingDB("chat").messages.dropIndex("conversation_history")) and start again: '
+        "chatserver then builds its own"
+    )
+    # Our keys under another name, without our options (mongod refuses both:
+    # code 85, IndexOptionsConflict).
+    loose = {"key": {"tokenHash": 1}, "name": "tokens"}
+    line = find_conflict("chat", tokens, {"tokens": loose})
+    assert line is not None and line.startswith("index conflict: chat.users has an index tokens")
+    assert "unique: true, partialFilterExpression: {tokenHash: {$exists: true}}" in line
+    assert 'dropIndex("tokens")' in line
+    # Our keys and options under another name: no conflict (it is used).
+    same = {**tokens.document(), "name": "tokens"}
+    assert find_conflict("chat", tokens, {"tokens": same}) is None
+    assert "\n" not in line
 
 
 # -- start-up -------------------------------------------------------------
 
 
 @pytest_twisted.ensureDeferred
-async def test_start_creates_the_indexes(mock):
+async def test_start_creates_the_indexes_one_by_one(mock):
     store = make_storage(mock.port)
     store.startService()
     try:
-        messages, users, groups = await answer_index_creation(mock)
+        requests = await answer_index_creation(mock)
         await within(store.whenReady())
     finally:
         await store.stopService()
-    assert messages["indexes"] == [
-        {"key": {"conversation": 1, "createdAt": -1, "_id": -1}, "name": "conversation_history"},
-        {
-            "key": {"from": 1, "clientKey": 1},
-            "name": "client_message_id",
-            "unique": True,
-            "partialFilterExpression": {"clientKey": {"$exists": True}},
-        },
-    ]
-    assert users["indexes"] == [
-        {
-            "key": {"tokenHash": 1},
-            "name": "token_hash",
-            "unique": True,
-            "partialFilterExpression": {"tokenHash": {"$exists": True}},
-        }
-    ]
-    assert groups["indexes"] == [{"key": {"users": 1}, "name": "members"}]
+    for request, spec in zip(requests, INDEXES, strict=True):
+        assert request["indexes"] == [spec.document()]
+    by_name = {spec.name: r["indexes"][0] for r, spec in zip(requests, INDEXES, strict=True)}
+    assert by_name["conversation_history"] == {
+        "key": {"conversation": 1, "createdAt": -1, "_id": -1},
+        "name": "conversation_history",
+    }
+    assert by_name["client_message_id"] == {
+        "key": {"from": 1, "clientKey": 1},
+        "name": "client_message_id",
+        "unique": True,
+        "partialFilterExpression": {"clientKey": {"$exists": True}},
+    }
+    assert by_name["token_hash"] == {
+        "key": {"tokenHash": 1},
+        "name": "token_hash",
+        "unique": True,
+        "partialFilterExpression": {"tokenHash": {"$exists": True}},
+    }
+    assert by_name["member_groups"] == {"key": {"users": 1, "_id": 1}, "name": "member_groups"}
     # Key order is the index: compound keys must go out in this order.
-    assert list(messages["indexes"][0]["key"]) == ["conversation", "createdAt", "_id"]
+    assert list(by_name["conversation_history"]["key"]) == ["conversation", "createdAt", "_id"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_status_while_building_and_a_build_over_its_budget(mock):
+    store = make_storage(mock.port, index_timeout=0.5)
+    store.startService()
+    try:
+        first = await receive(mock, OpMsg({"createIndexes": "messages"}, namespace=DB))
+        assert store.status() == BUILDING_INDEXES
+        # A request waits for the indexes within its own timeout, then says why.
+        waiting = store.authorize({"token": "t"})
+        # Never answered: past the index budget, start-up gives up on it,
+        # goes on with the others, then fails with one line.
+        for spec in INDEXES[1:]:
+            (await receive(mock, OpMsg({"createIndexes": spec.collection}, namespace=DB))).ok()
+        with pytest.raises(MongoStartupError) as stopped:
+            await within(store.whenReady())
+        line = stopped.value.line
+        assert line.startswith(f"index build too slow: conversation_history on {DB}.messages")
+        assert "within 0.5s" in line and "getIndexes()" in line
+        assert store.status() == line
+        error = await failure_of(waiting)
+        assert line in error.message
+        del first
+    finally:
+        await store.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_waiting_for_the_indexes_times_out_saying_so(mock):
+    store = make_storage(mock.port)
+    store.startService()
+    try:
+        await receive(mock, OpMsg({"createIndexes": "messages"}, namespace=DB))
+        error = await failure_of(store.authorize({"token": "t"}), STORAGE_TIMEOUT)
+        assert error.message == "MongoDB storage not ready (building indexes)"
+    finally:
+        await store.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_same_keys_other_options_stops_start_up(mock):
+    store = make_storage(mock.port)
+    store.startService()
+    try:
+        for spec in INDEXES:
+            request = await receive(mock, OpMsg({"createIndexes": spec.collection}, namespace=DB))
+            if spec.name != "token_hash":
+                request.ok()
+                continue
+            # What mongod says when the keys exist under another name.
+            request.command_err(
+                code=85, errmsg="Index already exists with a different name: tokens"
+            )
+            listing = await receive(mock, OpMsg({"listIndexes": "users"}, namespace=DB))
+            listing.ok(
+                cursor(
+                    {"v": 2, "key": {"_id": 1}, "name": "_id_"},
+                    {"v": 2, "key": {"tokenHash": 1}, "name": "tokens"},
+                    collection="users",
+                )
+            )
+        with pytest.raises(MongoStartupError) as stopped:
+            await within(store.whenReady())
+        assert stopped.value.line.startswith(f"index conflict: {DB}.users has an index tokens")
+    finally:
+        await store.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_permission_to_make_indexes(mock):
+    store = make_storage(mock.port)
+    store.startService()
+    try:
+        for spec in INDEXES:
+            request = await receive(mock, OpMsg({"createIndexes": spec.collection}, namespace=DB))
+            request.command_err(code=13, errmsg="not authorized", codeName="Unauthorized")
+        with pytest.raises(MongoStartupError) as stopped:
+            await within(store.whenReady())
+        line = stopped.value.line
+        assert line.startswith("index error: MongoDB refused to create index conversation_history")
+        assert "Unauthorized, code 13" in line
+        assert line.endswith(f"(and {len(INDEXES) - 1} more index problems: see the log)")
+    finally:
+        await store.stopService()
 
 
 @pytest_twisted.ensureDeferred
@@ -191,10 +333,12 @@ async def test_start_while_mongodb_is_down_retries_the_indexes():
     server = None
     try:
         # Requests wait for the indexes, and give up at their deadline.
-        await failure_of(store.getGroupUserIds({"groupId": "team"}))
+        await failure_of(store.getGroupUserIds({"groupId": "team"}), STORAGE_TIMEOUT)
+        assert store.status() == UNREACHABLE
         server = start_mock(port)
         await answer_index_creation(server)
         await within(store.whenReady())
+        assert store.status() == READY
         pending = store.getGroupUserIds({"groupId": "team"})
         request = await receive(server, OpMsg({"find": "groups"}, namespace=DB))
         request.ok(cursor({"_id": "team", "users": ["a", "b"]}, collection="groups"))
@@ -258,11 +402,48 @@ async def test_create_group_message_without_client_id(storage, mock):
     )
     request = await receive(mock, OpMsg({"insert": "messages"}, namespace=DB))
     request.ok(n=1)
-    await within(pending)
     (document,) = request["documents"]
     assert document["conversation"] == '["g","team"]'
     assert document["isGroup"] is True
     assert "clientKey" not in document
+    # The members, whose conversation index it goes into.
+    request = await receive(mock, OpMsg({"find": "groups"}, namespace=DB))
+    assert request["filter"] == {"_id": "team"}
+    request.ok(cursor({"_id": "team", "users": ["alice", "bob"]}, collection="groups"))
+    await within(pending)
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_updates_both_sides_conversation_index(storage, mock):
+    storage.conversation_writes.cancel()
+    pending = storage.create(
+        {"from": "alice", "to": "$unread", "createdAt": "2026-01-01T00:00:00.000Z"}
+    )
+    request = await receive(mock, OpMsg({"insert": "messages"}, namespace=DB))
+    request.ok(n=1)
+    (document,) = request["documents"]
+    request = await receive(mock, OpMsg({"update": "conversations"}, namespace=DB))
+    assert request["ordered"] is False  # one round trip for both
+    sender, recipient = request["updates"]
+    key = '["d","$unread","alice"]'
+    assert sender["q"] == {"_id": conversation_entry_id("alice", key)}
+    assert recipient["q"] == {"_id": conversation_entry_id("$unread", key)}
+    assert sender["upsert"] is recipient["upsert"] is True
+    last = f"2026-01-01T00:00:00.000Z {document['_id']}"
+    assert recipient["u"] == {
+        # The latest wins, whatever order concurrent writes land in.
+        "$max": {"last": last},
+        "$inc": {"unread": 1},
+        "$setOnInsert": {
+            "user": "$unread",  # a value, never read as a field path
+            "with": "alice",
+            "isGroup": False,
+            "since": document["_id"],
+        },
+    }
+    assert sender["u"]["$inc"] == {"unread": 0}  # one's own message is read
+    request.ok(n=2, nModified=0, upserted=[{"index": 0, "_id": "a"}, {"index": 1, "_id": "b"}])
+    await within(pending)
 
 
 @pytest_twisted.ensureDeferred
@@ -316,6 +497,7 @@ async def test_get_messages_group_and_empty_pages(storage, mock):
 
 @pytest_twisted.ensureDeferred
 async def test_read_direct_message_by_its_recipient(storage, mock):
+    storage.conversation_writes.cancel()
     oid = ObjectId(MESSAGE_ID)
     pending = storage.read(MESSAGE_ID, "bob")
     request = await receive(
@@ -328,24 +510,50 @@ async def test_read_direct_message_by_its_recipient(storage, mock):
                     "isGroup": {"$ne": True},
                     "to": "bob",
                     "from": {"$ne": "bob"},
+                    "read": {"$ne": True},  # the first read only...
                 },
                 "new": True,
                 "update": {"$set": {"read": True}},
-                "fields": HIDDEN,
+                "fields": {"clientKey": 0},
             },
             namespace=DB,
         ),
     )
-    request.ok(value={"_id": oid, "from": "alice", "to": "bob", "read": True})
+    key = '["d","alice","bob"]'
+    request.ok(value={"_id": oid, "from": "alice", "to": "bob", "read": True, "conversation": key})
+    # ...lowers bob's unread count, never below zero.
+    request = await receive(mock, OpMsg({"update": "conversations"}, namespace=DB))
+    (update,) = request["updates"]
+    assert update["q"] == {"_id": conversation_entry_id("bob", key), "unread": {"$gt": 0}}
+    assert update["u"] == {"$inc": {"unread": -1}}
+    request.ok(n=1, nModified=1)
     assert await within(pending) == {"_id": MESSAGE_ID, "from": "alice", "to": "bob", "read": True}
 
 
 @pytest_twisted.ensureDeferred
+async def test_read_again_changes_nothing(storage, mock):
+    oid = ObjectId(MESSAGE_ID)
+    pending = storage.read(MESSAGE_ID, "bob")
+    (await receive(mock, OpMsg({"findAndModify": "messages"}, namespace=DB))).ok(value=None)
+    request = await receive(mock, OpMsg({"find": "messages"}, namespace=DB))
+    assert request["filter"] == {
+        "_id": oid,
+        "isGroup": {"$ne": True},
+        "to": "bob",
+        "from": {"$ne": "bob"},
+    }
+    request.ok(cursor({"_id": oid, "from": "alice", "to": "bob", "read": True}))
+    assert (await within(pending))["read"] is True
+
+
+@pytest_twisted.ensureDeferred
 async def test_read_group_message_by_a_member(storage, mock):
+    storage.conversation_writes.cancel()
     oid = ObjectId(MESSAGE_ID)
     pending = storage.read(MESSAGE_ID, "carol")
     # Not a direct message to carol...
     (await receive(mock, OpMsg({"findAndModify": "messages"}, namespace=DB))).ok(value=None)
+    (await receive(mock, OpMsg({"find": "messages"}, namespace=DB))).ok(cursor())
     # ...so is it a group message carol did not send?
     request = await receive(mock, OpMsg({"find": "messages"}, namespace=DB))
     assert request["filter"] == {"_id": oid, "isGroup": True, "from": {"$ne": "carol"}}
@@ -360,15 +568,32 @@ async def test_read_group_message_by_a_member(storage, mock):
         OpMsg(
             {
                 "findAndModify": "messages",
-                "query": {"_id": oid, "isGroup": True, "from": {"$ne": "carol"}},
+                "query": {
+                    "_id": oid,
+                    "isGroup": True,
+                    "from": {"$ne": "carol"},
+                    "readBy": {"$ne": "carol"},
+                },
                 "new": True,
                 "update": {"$addToSet": {"readBy": "carol"}},
-                "fields": HIDDEN,
+                "fields": {"clientKey": 0},
             },
             namespace=DB,
         ),
     )
-    request.ok(value={"_id": oid, "to": "team", "isGroup": True, "readBy": ["carol"]})
+    key = '["g","team"]'
+    request.ok(
+        value={"_id": oid, "to": "team", "isGroup": True, "readBy": ["carol"], "conversation": key}
+    )
+    # Her unread count drops, if she was in the group when it was sent.
+    request = await receive(mock, OpMsg({"update": "conversations"}, namespace=DB))
+    (update,) = request["updates"]
+    assert update["q"] == {
+        "_id": conversation_entry_id("carol", key),
+        "unread": {"$gt": 0},
+        "since": {"$lte": oid},
+    }
+    request.ok(n=1, nModified=1)
     assert await within(pending) == {
         "_id": MESSAGE_ID,
         "to": "team",
@@ -382,6 +607,7 @@ async def test_read_refused_to_a_non_member(storage, mock):
     oid = ObjectId(MESSAGE_ID)
     pending = storage.read(MESSAGE_ID, "mallory")
     (await receive(mock, OpMsg({"findAndModify": "messages"}, namespace=DB))).ok(value=None)
+    (await receive(mock, OpMsg({"find": "messages"}, namespace=DB))).ok(cursor())
     (await receive(mock, OpMsg({"find": "messages"}, namespace=DB))).ok(
         cursor({"_id": oid, "to": "team"})
     )
@@ -412,7 +638,7 @@ async def test_authorize_looks_up_the_token_hash_only(storage, mock):
             {
                 "find": "users",
                 "filter": {"tokenHash": hashlib.sha256(b"s3cret-token").hexdigest()},
-                "projection": {"tokenHash": 0},
+                "projection": {"tokenHash": 0, "token": 0},
                 "limit": 1,
             },
             namespace=DB,
@@ -443,36 +669,58 @@ async def test_authorize_looks_up_the_token_hash_only(storage, mock):
 @pytest_twisted.ensureDeferred
 async def test_provisioning(storage, mock):
     pending = storage.add_user("alice", name="Alice", token="t-1")
-    request = await receive(mock, OpMsg({"update": "users"}, namespace=DB))
-    (update,) = request["updates"]
-    assert update["q"] == {"_id": "alice"}
-    assert update["u"] == {
-        "$set": {"tokenHash": hashlib.sha256(b"t-1").hexdigest(), "name": "Alice"}
-    }
-    assert update["upsert"] is True
+    request = await receive(mock, OpMsg({"insert": "users"}, namespace=DB))
+    assert request["documents"] == [
+        {"_id": "alice", "tokenHash": hashlib.sha256(b"t-1").hexdigest(), "name": "Alice"}
+    ]
     assert "t-1" not in repr(request.doc)
-    request.ok(n=1, nModified=0, upserted=[{"index": 0, "_id": "alice"}])
+    request.ok(n=1)
     assert await within(pending) == "t-1"
 
     pending = storage.add_user("bob")
-    request = await receive(mock, OpMsg({"update": "users"}, namespace=DB))
-    request.ok(n=1, nModified=1)
+    request = await receive(mock, OpMsg({"insert": "users"}, namespace=DB))
+    request.ok(n=1)
     token = await within(pending)
     assert len(token) >= 32
-    assert request["updates"][0]["u"]["$set"] == {
-        "tokenHash": hashlib.sha256(token.encode()).hexdigest()
-    }
+    assert request["documents"] == [
+        {"_id": "bob", "tokenHash": hashlib.sha256(token.encode()).hexdigest()}
+    ]
 
-    pending = storage.add_group("team", ["alice", "bob"], name="Team")
+    pending = storage.add_user("bob")
+    request = await receive(mock, OpMsg({"insert": "users"}, namespace=DB))
+    request.ok(
+        n=0,
+        writeErrors=[
+            {"index": 0, "code": 11000, "errmsg": "E11000 duplicate key", "keyPattern": {"_id": 1}}
+        ],
+    )
+    with pytest.raises(ValueError, match="exists"):
+        await within(pending)
+
+    pending = storage.add_group("team", ["alice", "bob", "alice"], name="Team")
     request = await receive(mock, OpMsg({"update": "groups"}, namespace=DB))
     (update,) = request["updates"]
-    assert (update["q"], update["u"], update["upsert"]) == (
+    assert (update["q"], update["u"]) == (
         {"_id": "team"},
-        {"users": ["alice", "bob"], "name": "Team"},
-        True,
+        {"$set": {"users": ["alice", "bob"], "name": "Team"}},
     )
-    request.ok(n=1, nModified=1)
+    request.ok(n=0, nModified=0)  # a new group...
+    request = await receive(mock, OpMsg({"update": "groups"}, namespace=DB))
+    (update,) = request["updates"]
+    assert (update["q"], update["upsert"]) == ({"_id": "team"}, True)  # ...is made
+    request.ok(n=1, nModified=0, upserted=[{"index": 0, "_id": "team"}])
     assert await within(pending) is None
+
+    # Empty ids are refused before anything is sent.
+    for call in (
+        lambda: storage.add_user(""),
+        lambda: storage.add_group("", ["a"]),
+        lambda: storage.add_group("g", ["a", ""]),
+        lambda: storage.set_token(""),
+        lambda: storage.add_member("g", ""),
+    ):
+        with pytest.raises(ValueError):
+            await within(call())
 
 
 # -- replies that go wrong ------------------------------------------------
@@ -571,7 +819,7 @@ async def test_server_gone_then_back(storage, mock):
     # The server goes away with the request unanswered: the call fails by
     # its deadline, whatever txmongo is doing to reconnect.
     await deferToThread(mock.stop)
-    await failure_of(pending)
+    await failure_of(pending, STORAGE_TIMEOUT)
 
     replacement = start_mock(mock.port)
     try:
@@ -588,8 +836,20 @@ async def test_server_gone_then_back(storage, mock):
 async def test_unanswered_request_times_out(storage, mock):
     pending = storage.authorize({"token": "t"})
     await receive(mock, OpMsg({"find": "users"}, namespace=DB))
-    # Never answered: the deadline fails it.
-    assert "did not answer" in (await failure_of(pending)).message
+    # Never answered: the deadline fails it, and the client hears why.
+    error = await failure_of(pending, STORAGE_TIMEOUT)
+    assert error.message == f"MongoDB did not answer within {TIMEOUT:g}s"
+
+
+@pytest_twisted.ensureDeferred
+async def test_mongodb_running_out_of_time_is_a_timeout(storage, mock):
+    pending = storage.authorize({"token": "t"})
+    request = await receive(mock, OpMsg({"find": "users"}, namespace=DB))
+    request.command_err(
+        code=50, errmsg="operation exceeded time limit", codeName="MaxTimeMSExpired"
+    )
+    error = await failure_of(pending, STORAGE_TIMEOUT)
+    assert error.mongo_code == 50
 
 
 @pytest_twisted.ensureDeferred
@@ -608,4 +868,5 @@ async def test_stop_fails_waiting_requests(mock):
     pending = store.getGroupUserIds({"groupId": "team"})  # waits for the indexes
     await receive(mock, OpMsg({"createIndexes": "messages"}, namespace=DB))
     await store.stopService()
+    assert store.status() == "stopped"
     assert "stopped" in (await failure_of(pending)).message

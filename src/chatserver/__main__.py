@@ -1,5 +1,6 @@
 """``python -m chatserver [options]`` runs the server (as ``twistd -n chatserver``);
-``python -m chatserver users|groups ...`` manages an SQLite database's accounts."""
+``python -m chatserver users|groups ...`` manages an SQLite database's accounts;
+``python -m chatserver migrate-seed mongodb://...`` converts a node-chat-server database."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
         from chatserver.admin import main as admin_main
 
         return admin_main(argv)
+    if argv and argv[0] == "migrate-seed":
+        from chatserver.storage.mongo_migrate import main as migrate_main
+
+        return migrate_main(argv[1:])
     from twisted.scripts.twistd import run
 
     sys.argv = ["twistd", "--nodaemon", "--pidfile=", "chatserver", *argv]
