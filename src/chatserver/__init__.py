@@ -23,6 +23,7 @@ from chatserver.interfaces import (
     IGroupDirectory,
     IMessageStore,
     ISessionRevocations,
+    IStorageStatus,
     IUserDirectory,
 )
 from chatserver.limits import Limits
@@ -78,6 +79,7 @@ __all__ = [
     "IGroupDirectory",
     "IMessageStore",
     "ISessionRevocations",
+    "IStorageStatus",
     "IUserDirectory",
     "Limits",
     "MemoryStorage",

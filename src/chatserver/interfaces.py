@@ -16,6 +16,7 @@ other part of the server (the actions that need it answer ``notSupported``).
 - :class:`IAccountStore`: the admin commands (``python -m chatserver users
   ...``) and, through :class:`ISessionRevocations`, ending a removed user's
   live sessions.
+- :class:`IStorageStatus`: what ``/ready`` says while the store starts up.
 
 Naming: methods the chat protocol calls mirror its wire names (camelCase, one
 query dict, as the seed's five); administration methods are plain Python
@@ -215,6 +216,18 @@ class ISessionRevocations(Interface):
         :return: a Deferred firing with ``(user_ids, cursor)``: the ids
             revoked since ``cursor`` (duplicates allowed) and the cursor to
             pass next time.
+        """
+
+
+class IStorageStatus(Interface):
+    """Optional: a store that starts up in the background (connects, builds
+    indexes) says how far it got; ``/ready`` shows it."""
+
+    def status() -> str:
+        """
+        :return: ``"ready"`` while the store serves requests; otherwise a
+            short sentence for operators (``"building indexes"``,
+            ``"unreachable"``, or what is wrong and how to fix it).
         """
 
 

@@ -21,7 +21,12 @@ from chatserver.events import EventEmitter
 from chatserver.factory import ChatServerFactory
 from chatserver.handlers import Action, ChatHandler
 from chatserver.handlers.directory import CONTACTS, UsersAndGroups
-from chatserver.interfaces import IChatStorage, ISessionRevocations, IUserDirectory
+from chatserver.interfaces import (
+    IChatStorage,
+    ISessionRevocations,
+    IStorageStatus,
+    IUserDirectory,
+)
 from chatserver.limits import Limits, PendingConnections
 from chatserver.metrics import ServerStats, metrics_registry
 from chatserver.protocol import text_frame
@@ -196,9 +201,10 @@ def build_server(
             body["storage"] = "ok"
         except Exception:
             body["storage"] = "error"
-        status = getattr(storage, "status", None)
-        if callable(status) and body["storage"] == "ok":
-            body["storage"] = str(status())
+        if IStorageStatus.providedBy(storage):
+            status = str(storage.status())
+            if status != "ready":
+                body["storage"] = status
         if cluster is not None:
             body["redis"] = "ok" if cluster.connected else "error"
         return body

@@ -89,6 +89,7 @@ from chatserver.interfaces import (
     IChatStorage,
     IConversationStore,
     ISessionRevocations,
+    IStorageStatus,
     IUserDirectory,
 )
 from chatserver.storage.mongo_indexes import INDEXES, IndexProblem, IndexSpec, ensure_index
@@ -375,7 +376,14 @@ def _check_ids(**ids: object) -> None:
             raise ValueError(f"{name} must be a non-empty string, not {value!r}")
 
 
-@implementer(IChatStorage, IUserDirectory, IConversationStore, ISessionRevocations, IAccountStore)
+@implementer(
+    IChatStorage,
+    IUserDirectory,
+    IConversationStore,
+    ISessionRevocations,
+    IAccountStore,
+    IStorageStatus,
+)
 class MongoStorage(Service):
     """Users, groups, messages and conversations in MongoDB.
 
