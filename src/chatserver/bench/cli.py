@@ -21,7 +21,7 @@ from chatserver.bench.processes import (
     Target,
 )
 from chatserver.bench.report import document, render
-from chatserver.bench.runner import Result, Runner, Scenario, machine
+from chatserver.bench.runner import PROFILE_FORMATS, Result, Runner, Scenario, machine
 from chatserver.bench.sysinfo import raise_open_files_limit
 
 KINDS = ("direct", "group", "open", "storm")
@@ -164,6 +164,18 @@ def parser() -> argparse.ArgumentParser:
         help="record each measured window of our server with py-spy into DIR",
     )
     p.add_argument(
+        "--profile-format",
+        choices=sorted(PROFILE_FORMATS),
+        default="raw",
+        help="py-spy's format: raw (collapsed stacks, summarised in the output; the default), "
+        "flamegraph (SVG) or speedscope",
+    )
+    p.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="profile C frames too (py-spy --native)",
+    )
+    p.add_argument(
         "--workers",
         type=_counts(1, "worker"),
         default=[1],
@@ -172,6 +184,12 @@ def parser() -> argparse.ArgumentParser:
         "and latency only)",
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument(
+        "--save",
+        type=Path,
+        metavar="FILE",
+        help="also write the figures as JSON to FILE (whatever is printed)",
+    )
     return p
 
 
@@ -301,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     many = args.rounds > 1 or len(targets) > 1
     generators = Generators(args.generators)
     try:
-        runner = Runner(generators, args.profile, progress)
+        runner = Runner(
+            generators, args.profile, progress, args.profile_format, args.profile_native
+        )
         for round_index in range(args.rounds):
             # Each round starts with another server, so that none always
             # runs first (or last) in a warming or cooling machine.
@@ -348,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     servers = [t.label for t in targets]
     results, comparison = compare(runs, servers, len(plan), args.rounds)
-    if args.json:
+    if args.json or args.save:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         settings["suite"] = suite(args)
         settings["scenarios"] = [vars(s) for s in plan]
@@ -360,7 +380,11 @@ def main(argv: list[str] | None = None) -> int:
             ]
         if len(targets) > 1:
             out["comparison"] = comparison.document()
-        print(json.dumps(out, indent=2))
+        text = json.dumps(out, indent=2)
+        if args.save:
+            args.save.write_text(text + "\n")
+    if args.json:
+        print(text)
     else:
         print(render(results, info), end="")
         if len(targets) > 1:

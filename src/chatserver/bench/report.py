@@ -300,7 +300,7 @@ def render(results: list[Result], machine: dict[str, Any]) -> str:
                 ],
             )
         )
-    profiles = [r for r in results if r.profile]
+    profiles = [r for r in results if r.profile and r.profile.endswith(".txt")]
     for r in profiles:
         parts.append(f"\nProfile of {r.target} {r.scenario}: {r.profile}\n")
         parts.append(summarize_profile(Path(r.profile)))

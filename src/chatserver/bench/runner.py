@@ -187,10 +187,28 @@ def split(total: int, weights: list[int]) -> list[int]:
     return parts
 
 
+# py-spy's output formats, and the file name extension of each.
+PROFILE_FORMATS = {"raw": "txt", "flamegraph": "svg", "speedscope": "speedscope.json"}
+
+
 class Profiler:
     """py-spy sampling the server during a measured window, if asked for."""
 
-    def __init__(self, directory: Path | None, pid: int | None, name: str) -> None:
+    def __init__(
+        self,
+        directory: Path | None,
+        pid: int | None,
+        name: str,
+        output_format: str = "raw",
+        native: bool = False,
+    ) -> None:
+        """
+        :param output_format: one of :data:`PROFILE_FORMATS`: ``raw``
+            (collapsed stacks, ``a;b;c count`` lines, which flamegraph.pl and
+            speedscope read and :func:`~chatserver.bench.report.summarize_profile`
+            ranks), ``flamegraph`` (SVG) or ``speedscope`` (JSON).
+        :param native: sample C frames too (py-spy ``--native``).
+        """
         self.process: subprocess.Popen[bytes] | None = None
         self.path: Path | None = None
         if directory is None or pid is None:
@@ -199,9 +217,7 @@ class Profiler:
         if not os.path.exists(py_spy):
             raise BenchError("--profile needs py-spy (pip install py-spy)")
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f"{name}.txt"
-        # Collapsed stacks ("a;b;c count" lines): flamegraph.pl and speedscope
-        # read them, and `summarize_profile` ranks functions from them.
+        self.path = directory / f"{name}.{PROFILE_FORMATS[output_format]}"
         self.process = subprocess.Popen(
             [
                 py_spy,
@@ -211,9 +227,10 @@ class Profiler:
                 "--rate",
                 "250",
                 "--format",
-                "raw",
+                output_format,
                 "--output",
                 str(self.path),
+                *(["--native"] if native else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -269,9 +286,13 @@ class Runner:
         generators: Generators,
         profile_dir: Path | None = None,
         progress: Any = None,
+        profile_format: str = "raw",
+        profile_native: bool = False,
     ) -> None:
         self.generators = generators
         self.profile_dir = profile_dir
+        self.profile_format = profile_format
+        self.profile_native = profile_native
         self.progress = progress or (lambda message: None)
         self._profile_name = "server"
 
@@ -331,7 +352,9 @@ class Runner:
     def _profiler(self, target: Target) -> Profiler:
         """py-spy on ``target`` if profiles were asked for and it runs Python."""
         directory = self.profile_dir if target.profilable else None
-        return Profiler(directory, target.pid, self._profile_name)
+        return Profiler(
+            directory, target.pid, self._profile_name, self.profile_format, self.profile_native
+        )
 
     def _cpu(self, target: Target) -> CpuTimes | None:
         return cpu_times(target.pid) if target.pid is not None else None
