@@ -11,8 +11,13 @@ import sys
 
 import pytest
 
-from chatserver.bench.runner import percentiles, slices, split, spread
+from chatserver.bench.cli import parser, scenarios
+from chatserver.bench.compare import Comparison, median_result
+from chatserver.bench.population import Population
+from chatserver.bench.processes import BENCH_ACTIONS, BENCH_STORAGE, unthrottled_options
+from chatserver.bench.runner import Result, percentiles, slices, split, spread
 from chatserver.bench.wsclient import _masked_frame
+from tests.processes import ServerProcess
 
 FIGURES = (
     "messages_per_second",
@@ -135,3 +140,181 @@ def test_two_workers_deliver_every_message():
     assert result["target"] == "chatserver x2"
     assert result["acked"] == result["sent"] == 300
     assert result["deliveries"] == result["expected_deliveries"]
+
+
+# -- --compare: our server side by side with another ------------------------
+
+
+def bench_server(users: int) -> ServerProcess:
+    """Our server serving the bench's population, started by hand as a user
+    starts another server to compare with."""
+    return ServerProcess(
+        [
+            sys.executable,
+            "-m",
+            "chatserver",
+            "--endpoint",
+            "tcp:0:interface=127.0.0.1",
+            "--storage",
+            BENCH_STORAGE,
+            "--open-actions",
+            BENCH_ACTIONS,
+            *unthrottled_options(),
+        ],
+        env=Population(users, 50).environment(),
+    )
+
+
+@pytest.fixture(scope="module")
+def compare_run():
+    """Our server against a second instance of it given by URL and pid, and a
+    third that the bench starts for each scenario (without the bench's
+    garbage-collection actions, as another implementation may lack them)."""
+    other = bench_server(20)
+    command = " ".join(
+        [
+            sys.executable,
+            "-m chatserver --endpoint tcp:{port}:interface=127.0.0.1",
+            f"--storage {BENCH_STORAGE}",
+            *unthrottled_options(),
+        ]
+    )
+    try:
+        yield bench_json(
+            "--compare",
+            f"other={other.url}/,{other.process.pid}",
+            "--compare-command",
+            f"again={command}",
+            "--suite",
+            "standard",
+            "--scenario",
+            "direct",
+            "--scenario",
+            "storm",
+            "--users",
+            "20",
+            "--messages",
+            "200",
+            "--duration",
+            "1",
+            "--storm-clients",
+            "20",
+            "--burst",
+            "10",
+            "--rounds",
+            "2",
+        )
+    finally:
+        other.stop()
+
+
+def test_compare_runs_every_scenario_against_every_server(compare_run):
+    servers = ["chatserver", "other", "again"]
+    assert compare_run["comparison"]["servers"] == servers
+    assert [(r["target"], r["kind"]) for r in compare_run["results"]] == [
+        (server, kind) for kind in ("direct", "storm") for server in servers
+    ]
+    for result in compare_run["results"]:
+        assert result["complete"], result
+        assert result["rounds"] == 2
+        assert result["server_cpu_seconds"] is not None
+        assert result["server_rss_connected_mb"] is not None
+    # Each round's own figures are kept: 2 rounds x 3 servers per scenario.
+    assert [len(runs) for runs in compare_run["rounds"]] == [6, 6]
+    direct = compare_run["results"][0]
+    assert direct["acked"] == 200 and direct["deliveries"] == direct["expected_deliveries"]
+
+
+def test_compare_prints_each_servers_figure_and_our_ratio_to_it(compare_run):
+    rows = compare_run["comparison"]["rows"]
+    figures = [(row["scenario"], row["figure"]) for row in rows]
+    assert ("direct, 20 users, closed loop, 2 in flight each", "server CPU µs/msg") in figures
+    assert ("20 clients connecting in bursts of 10", "s until all authorized") in figures
+    for row in rows:
+        values, ratios = row["values"], row["ratios"]
+        assert set(values) == {"chatserver", "other", "again"}
+        for other in ("other", "again"):
+            if values["chatserver"] is not None and values[other]:
+                assert ratios[other] == pytest.approx(values["chatserver"] / values[other])
+
+
+def test_compare_asks_for_a_collection_only_where_one_is_offered(compare_run):
+    by_server = {r["target"]: r for r in compare_run["results"] if r["kind"] == "direct"}
+    assert by_server["other"]["server_gc"] is not None
+    assert by_server["again"]["server_gc"] is None
+
+
+def test_the_seed_suite_is_the_loads_of_the_comparison():
+    args = parser().parse_args(["--compare", "seed=ws://127.0.0.1:8080/,1"])
+    assert [s.title for s in scenarios(args)] == [
+        "direct, 100 users, fixed 5,000 msg/s",
+        "direct, 100 users, closed loop, 10 in flight each",
+        "direct, 5,000 users, fixed 5,000 msg/s",
+        "group of 50, 1,000 users, fixed 500 msg/s",
+        "5,000 clients connecting in bursts of 100",
+        "direct, 1,000 users, fixed 2,000 msg/s",
+    ]
+    quick = parser().parse_args(["--compare", "ws://127.0.0.1:8080/", "--quick"])
+    assert max(s.users for s in scenarios(quick)) == 1000
+    standard = parser().parse_args(["--compare", "ws://127.0.0.1:8080/", "--suite", "standard"])
+    assert [s.kind for s in scenarios(standard)] == ["direct"] * 3 + ["group", "open", "storm"]
+
+
+@pytest.mark.parametrize(
+    ("args", "complaint"),
+    [
+        (["--compare", "127.0.0.1:8080"], "expected [NAME=]ws://HOST:PORT/[,PID]"),
+        (
+            ["--compare", "ws://127.0.0.1:1/", "--compare", "ws://127.0.0.1:2/"],
+            "two servers would be called 'compare'",
+        ),
+        (
+            [
+                *("--compare", "a=ws://127.0.0.1:1/", "--compare", "b=ws://127.0.0.1:2/"),
+                *("--compare-pid", "1"),
+            ],
+            "--compare-pid and --compare-name go with exactly one --compare",
+        ),
+        (["--compare-command", "seed=node run.js"], "must say where {port} goes"),
+        (["--compare-command", "node run.js --port {port}"], "expected NAME=COMMAND"),
+        (["--compare", "ws://127.0.0.1:1/,999999999"], "no process 999999999"),
+    ],
+)
+def test_bad_compare_options_are_refused_in_one_line(args, complaint):
+    completed = bench(*args)
+    assert completed.returncode == 2
+    assert complaint in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_medians_and_ratios():
+    def result(target: str, cpu: float | None, p99: float, complete: bool = True) -> Result:
+        return Result(
+            target=target,
+            scenario="open 10/s",
+            kind="open",
+            users=2,
+            rate=10.0,
+            acked=10,
+            server_cpu_us_per_message=cpu,
+            delivery_ms={"p50": p99 / 2, "p99": p99},
+            complete=complete,
+            problems=[] if complete else ["lost one"],
+        )
+
+    ours = median_result([result("us", 30.0, 1.0), result("us", 10.0, 3.0), result("us", 20.0, 2)])
+    assert ours.server_cpu_us_per_message == 20.0
+    assert ours.delivery_ms == {"p50": 1.0, "p99": 2.0}
+    assert ours.rounds == 3 and ours.complete
+    theirs = median_result([result("them", 40.0, 4.0), result("them", None, 4.0, False)])
+    assert theirs.server_cpu_us_per_message == 40.0  # a round without the figure is left out
+    assert not theirs.complete and theirs.problems == ["round 2: lost one"]
+    comparison = Comparison(["us", "them"], [[ours, theirs]], rounds=3)
+    cpu, p99 = comparison.lines()
+    assert (cpu["figure"], cpu["values"], cpu["ratios"]) == (
+        "server CPU µs/msg",
+        {"us": 20.0, "them": 40.0},
+        {"them": 0.5},
+    )
+    assert p99["ratios"] == {"them": 0.5}
+    assert "0.50x" in comparison.render()

@@ -10,6 +10,7 @@ the same figures as JSON) and always stops the server it started::
     python -m chatserver.bench --quick             # smaller loads, about 15 s
     python -m chatserver.bench --scenario direct --users 1000
     python -m chatserver.bench --compare ws://127.0.0.1:8080 --compare-pid 4242
+    python -m chatserver.bench --rounds 3 --compare-command 'seed=node run.js --port {port}'
 
 Scenarios:
 
@@ -54,9 +55,16 @@ rate no scenario reaches (the check still runs, so its cost is measured);
 
 Users, groups and credentials follow :mod:`chatserver.bench.population`; a
 server given with ``--compare`` must know them (CPU and memory are read only
-with ``--compare-pid``), and ``--storage SPEC`` runs our server on another
-storage, with users signing in by claimed id (``--dev-auth``) unless
-``--token-auth``.
+with its pid), and ``--storage SPEC`` runs our server on another storage,
+with users signing in by claimed id (``--dev-auth``) unless ``--token-auth``.
+
+Side by side (:mod:`chatserver.bench.compare`): ``--compare
+[NAME=]URL[,PID]`` adds a running server, ``--compare-command NAME=COMMAND``
+one that the bench starts afresh for each scenario (``{port}`` in the command
+becomes a free port); with either, the scenarios are by default the ``seed``
+suite, the loads of the comparison with node-chat-server. ``--rounds N``
+runs the whole plan N times, interleaved, and reports medians; a table then
+puts the servers side by side with the ratio of ours to each.
 
 ``python -m chatserver.bench.sqlite_history`` is a separate benchmark: history
 queries on a large SQLite database.

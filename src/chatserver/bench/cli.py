@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from chatserver.bench.compare import compare, seed_suite
 from chatserver.bench.processes import (
     BenchError,
+    CommandServer,
     Generators,
     LocalServer,
     RedisServer,
@@ -17,10 +21,13 @@ from chatserver.bench.processes import (
     Target,
 )
 from chatserver.bench.report import document, render
-from chatserver.bench.runner import Result, Runner, Scenario, machine
+from chatserver.bench.runner import PROFILE_FORMATS, Result, Runner, Scenario, machine
 from chatserver.bench.sysinfo import raise_open_files_limit
 
 KINDS = ("direct", "group", "open", "storm")
+SUITES = ("standard", "seed")
+NAME = re.compile(r"^[\w.+-]+$")
+COMPARE = re.compile(r"^(?:(?P<name>[\w.+-]+)=)?(?P<url>wss?://[^,\s]+)(?:,(?P<pid>\d+))?$")
 
 
 def _counts(minimum: int, what: str) -> Callable[[str], list[int]]:
@@ -84,8 +91,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--inflight",
         type=_positive,
-        default=2,
-        help="requests each sender keeps outstanding, closed loop (2)",
+        help="requests each sender keeps outstanding, closed loop (2; the seed suite: 10)",
     )
     p.add_argument("--rate", type=float, default=2000.0, help="messages/s of `open` (2000)")
     p.add_argument("--group-size", type=_positive, default=50, help="members per group (50)")
@@ -111,18 +117,63 @@ def parser() -> argparse.ArgumentParser:
         "bench lifts the per-connection rate limit unless told otherwise)",
     )
     p.add_argument(
-        "--compare",
-        metavar="URL",
-        help="also run every scenario against this running server (ws://...)",
+        "--suite",
+        choices=SUITES,
+        help="which scenarios: `standard` (the default without --compare) or `seed`, the "
+        "side-by-side loads of the comparison with node-chat-server (the default with "
+        "--compare or --compare-command)",
     )
     p.add_argument(
-        "--compare-pid", type=int, metavar="PID", help="its process id, to read CPU and memory"
+        "--rounds",
+        type=_positive,
+        default=1,
+        help="run every scenario against every server this many times, interleaved, and "
+        "report the medians (1)",
+    )
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="[NAME=]URL[,PID]",
+        help="also run every scenario against this running server (ws://...), whose "
+        "process id, if given, lets the bench read its CPU and memory (repeatable)",
+    )
+    p.add_argument(
+        "--compare-pid",
+        type=int,
+        metavar="PID",
+        help="the process id of the one --compare server",
+    )
+    p.add_argument(
+        "--compare-name", metavar="NAME", help="how the tables name the one --compare server"
+    )
+    p.add_argument(
+        "--compare-command",
+        action="append",
+        default=[],
+        metavar="NAME=COMMAND",
+        help="also run every scenario against a server that COMMAND starts, afresh for "
+        "each scenario as ours is; {port} in it becomes a free port, {users} and "
+        "{group_size} the scenario's population, also given as CHATSERVER_BENCH_USERS and "
+        "CHATSERVER_BENCH_GROUP_SIZE (repeatable)",
     )
     p.add_argument(
         "--profile",
         type=Path,
         metavar="DIR",
         help="record each measured window of our server with py-spy into DIR",
+    )
+    p.add_argument(
+        "--profile-format",
+        choices=sorted(PROFILE_FORMATS),
+        default="raw",
+        help="py-spy's format: raw (collapsed stacks, summarised in the output; the default), "
+        "flamegraph (SVG) or speedscope",
+    )
+    p.add_argument(
+        "--profile-native",
+        action="store_true",
+        help="profile C frames too (py-spy --native)",
     )
     p.add_argument(
         "--workers",
@@ -133,17 +184,40 @@ def parser() -> argparse.ArgumentParser:
         "and latency only)",
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument(
+        "--save",
+        type=Path,
+        metavar="FILE",
+        help="also write the figures as JSON to FILE (whatever is printed)",
+    )
     return p
+
+
+def suite(args: argparse.Namespace) -> str:
+    """The suite the options ask for."""
+    if args.suite:
+        return args.suite
+    return "seed" if args.compare or args.compare_command else "standard"
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
     """The scenarios the options ask for, in order."""
+    if suite(args) == "seed":
+        plan = seed_suite(
+            quick=args.quick,
+            duration=args.duration,
+            storm_clients=args.storm_clients,
+            burst=args.burst,
+            group_size=args.group_size,
+            inflight=args.inflight,
+        )
+        return [s for s in plan if s.kind in (args.scenario or KINDS)]
     quick = args.quick
     direct_users = args.users or ([100, 1000] if quick else [100, 1000, 10_000])
     other_users = max(args.users) if args.users else (500 if quick else 1000)
     group_users = max(args.users) if args.users else (200 if quick else 1000)
     duration = args.duration if args.duration is not None else (3.0 if quick else 10.0)
-    common = {"senders": args.senders, "inflight": args.inflight, "burst": args.burst}
+    common = {"senders": args.senders, "inflight": args.inflight or 2, "burst": args.burst}
     out: list[Scenario] = []
     for kind in args.scenario or KINDS:
         if kind == "direct":
@@ -173,13 +247,56 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
     return out
 
 
+def other_servers(args: argparse.Namespace) -> list[Target]:
+    """The servers to compare ours with, as the options name them.
+
+    :raise ValueError: with a sentence for the person who typed them.
+    """
+    targets: list[Target] = []
+    if (args.compare_pid or args.compare_name) and len(args.compare) != 1:
+        raise ValueError("--compare-pid and --compare-name go with exactly one --compare")
+    for spec in args.compare:
+        match = COMPARE.match(spec)
+        if match is None:
+            raise ValueError(
+                f"--compare {spec!r}: expected [NAME=]ws://HOST:PORT/[,PID], "
+                "e.g. seed=ws://127.0.0.1:8080/,4242"
+            )
+        if match["url"].startswith("wss:"):
+            raise ValueError(f"--compare {spec!r}: the load generator speaks ws:// only")
+        pid = int(match["pid"]) if match["pid"] else args.compare_pid
+        name = match["name"] or args.compare_name or "compare"
+        targets.append(RemoteServer(match["url"], pid, name))
+    for spec in args.compare_command:
+        name, sep, command = spec.partition("=")
+        if not sep or not NAME.match(name):
+            raise ValueError(
+                f"--compare-command {spec!r}: expected NAME=COMMAND, e.g. "
+                "'seed=node run.js --port {port}'"
+            )
+        targets.append(CommandServer(command, name))
+    labels = [t.label for t in targets]
+    for target in targets:
+        if labels.count(target.label) > 1 or target.label.startswith("chatserver"):
+            raise ValueError(
+                f"two servers would be called {target.label!r}: name each one "
+                "(NAME=... or --compare-name), and not chatserver"
+            )
+    for target in targets:
+        if target.pid is not None and not os.path.exists(f"/proc/{target.pid}"):
+            raise ValueError(f"no process {target.pid} (the pid given for {target.label})")
+    return targets
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 if every message was answered and delivered."""
     args = parser().parse_args(argv)
     if args.token_auth and not args.storage:
         parser().error("--token-auth goes with --storage")
-    if args.compare_pid and not args.compare:
-        parser().error("--compare-pid goes with --compare")
+    try:
+        others = other_servers(args)
+    except ValueError as e:
+        parser().error(str(e))
     raise_open_files_limit()
     plan = scenarios(args)
     redis = RedisServer() if max(args.workers) > 1 else None
@@ -193,19 +310,48 @@ def main(argv: list[str] | None = None) -> int:
         )
         for workers in args.workers
     ]
-    if args.compare:
-        targets.append(RemoteServer(args.compare, args.compare_pid))
+    targets.extend(others)
 
     def progress(message: str) -> None:
         print(f"bench: {message}", file=sys.stderr, flush=True)
 
-    results: list[Result] = []
+    runs: list[tuple[int, Result]] = []
+    many = args.rounds > 1 or len(targets) > 1
     generators = Generators(args.generators)
     try:
-        runner = Runner(generators, args.profile, progress)
-        for scenario in plan:
-            for target in targets:
-                results.append(runner.run(target, scenario))
+        runner = Runner(
+            generators, args.profile, progress, args.profile_format, args.profile_native
+        )
+        for round_index in range(args.rounds):
+            # Each round starts with another server, so that none always
+            # runs first (or last) in a warming or cooling machine.
+            turn = round_index % len(targets)
+            order = targets[turn:] + targets[:turn]
+            for index, scenario in enumerate(plan):
+                for target in order:
+                    try:
+                        result = runner.run(
+                            target, scenario, round_index if args.rounds > 1 else None
+                        )
+                    except BenchError as e:
+                        if not many:
+                            raise
+                        # One failure need not cost the rest of a long
+                        # comparison: note it, and go on with fresh generators
+                        # (a timed-out one may still be busy with the old load).
+                        progress(f"{target.label}: {scenario.title}: {e}")
+                        result = Result(
+                            target=target.label,
+                            scenario=scenario.name,
+                            kind=scenario.kind,
+                            users=scenario.users,
+                            title=scenario.title,
+                            complete=False,
+                            problems=[str(e)],
+                        )
+                        generators.close()
+                        generators = runner.generators = Generators(args.generators)
+                    runs.append((index, result))
     except BenchError as e:
         print(f"bench: {e}", file=sys.stderr)
         return 2
@@ -220,10 +366,27 @@ def main(argv: list[str] | None = None) -> int:
             target.end()
 
     info = machine()
-    if args.json:
+    servers = [t.label for t in targets]
+    results, comparison = compare(runs, servers, len(plan), args.rounds)
+    if args.json or args.save:
         settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        settings["suite"] = suite(args)
         settings["scenarios"] = [vars(s) for s in plan]
-        print(json.dumps(document(results, info, settings), indent=2))
+        out = document(results, info, settings)
+        if args.rounds > 1:
+            # Every round's figures, scenario by scenario.
+            out["rounds"] = [
+                [r.as_dict() for i, r in runs if i == index] for index in range(len(plan))
+            ]
+        if len(targets) > 1:
+            out["comparison"] = comparison.document()
+        text = json.dumps(out, indent=2)
+        if args.save:
+            args.save.write_text(text + "\n")
+    if args.json:
+        print(text)
     else:
         print(render(results, info), end="")
-    return 0 if all(r.complete for r in results) else 1
+        if len(targets) > 1:
+            print(comparison.render(), end="")
+    return 0 if all(r.complete for _, r in runs) else 1

@@ -107,12 +107,14 @@ class _Traffic(_Phase):
 
     Closed loop: each sender keeps ``inflight`` requests outstanding and sends
     the next one from the reply handler, until the message budget or the
-    deadline runs out. Open loop: a timer task sends at a fixed rate from
-    random senders, however many requests are outstanding.
+    deadline runs out. Open loop (``paced``): a timer task sends at a fixed
+    rate from random senders, however many requests are outstanding; direct
+    or group messages alike.
     """
 
     def __init__(self, command: dict[str, Any]) -> None:
         self.kind: str = command["kind"]
+        self.paced: bool = command.get("paced", self.kind == "open")
         population = Population(command["users"], command["group_size"])
         self.population = population
         self.budget: int = command["messages"]
@@ -231,7 +233,7 @@ class _Traffic(_Phase):
             else:
                 self.acked += 1
                 self.reply_ns.append(now - data["t"])
-            if self.kind != "open" and self.budget > 0:
+            if not self.paced and self.budget > 0:
                 if now < self.deadline_ns:
                     self.send_one(client)
                 else:
@@ -385,10 +387,15 @@ class Generator:
                 if not answered.done():
                     answered.set_result(payload)
 
+            def connection_ended(self, client: WebSocketClient, error: Exception | None) -> None:
+                # A server without the action may close rather than answer.
+                if not answered.done():
+                    answered.set_exception(PhaseFailed(f"{command['action']}: closed unanswered"))
+
         control.sink = _Answer()
         control.send_text(dumps({"type": command["action"], "id": 1, "data": command["data"]}))
         try:
-            frame = loads(await asyncio.wait_for(answered, 30))
+            frame = loads(await asyncio.wait_for(answered, command.get("timeout", 30)))
         finally:
             control.close()
         if frame.get("error"):
@@ -410,7 +417,7 @@ class Generator:
         senders = [c for c in self.clients if c.index in wanted]
         if traffic.budget > 0 and not senders:
             raise PhaseFailed("no connected sender in this process")
-        if command["kind"] == "open":
+        if traffic.paced:
             asyncio.get_running_loop().create_task(traffic.open_loop(senders, command["rate"]))
         else:
             traffic.start_closed_loop(senders)

@@ -8,6 +8,7 @@ import ctypes
 import multiprocessing
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -64,19 +65,25 @@ def _die_with_parent() -> None:
 class Target:
     """A server to measure.
 
-    @ivar label: how the table names it.
-    @ivar url: its WebSocket URL, once it is running.
-    @ivar pid: its process id, if known: CPU and memory are read from /proc.
-    @ivar collects: whether it offers the bench's garbage-collection action.
+    :ivar label: how the table names it.
+    :ivar url: its WebSocket URL, once it is running.
+    :ivar pid: its process id, if known: CPU and memory are read from /proc.
+    :ivar collects: whether it offers the bench's garbage-collection actions
+        (``None``: not known yet; the runner asks it once).
+    :ivar profilable: whether py-spy can record it (it runs Python).
     """
 
     label = "server"
     url: str | None = None
     pid: int | None = None
-    collects = False
+    collects: bool | None = False
+    profilable = False
 
     def begin(self, population: Population) -> None:
         """Be ready to serve ``population``."""
+
+    def check_alive(self) -> None:
+        """:raise BenchError: if the server is known to have exited."""
 
     def end(self) -> None:
         """The scenario is over."""
@@ -86,13 +93,122 @@ class RemoteServer(Target):
     """An already running server, e.g. another implementation to compare.
 
     It is not restarted between scenarios, so it must already know every user
-    and group that any scenario uses (see L{chatserver.bench.population}).
+    and group that any scenario uses (see :mod:`chatserver.bench.population`),
+    and what earlier scenarios stored stays in its memory: a
+    :class:`CommandServer` starts afresh each time, as our server does.
     """
+
+    collects = None
 
     def __init__(self, url: str, pid: int | None, label: str = "compare") -> None:
         self.url = url
         self.pid = pid
         self.label = label
+
+
+class CommandServer(Target):
+    """Another server, started afresh for each scenario by a command line and
+    always stopped, as our own server is.
+
+    ``{port}`` in the command becomes a free loopback port, ``{users}`` and
+    ``{group_size}`` the scenario's population, which the environment
+    variables of :mod:`chatserver.bench.population` carry as well. The server
+    is ready once that port accepts connections; its process (the command's,
+    not a shell's: the command is split like a shell's words but not run by
+    one) is the one whose CPU and memory are read.
+    """
+
+    collects = None
+
+    def __init__(self, command: str, label: str) -> None:
+        """
+        :param command: the command line, with ``{port}`` where the port goes.
+        :param label: how the tables name the server.
+        :raise ValueError: if the command has no ``{port}`` or does not split.
+        """
+        self.words = shlex.split(command)
+        if not self.words or not any("{port}" in word for word in self.words):
+            raise ValueError(f"the command of {label!r} must say where {{port}} goes")
+        self.label = label
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: Any = None
+
+    def argv(self, port: int, population: Population) -> list[str]:
+        """The command for this port and population."""
+        values = {
+            "port": str(port),
+            "users": str(population.users),
+            "group_size": str(population.group_size),
+        }
+        out = []
+        for word in self.words:
+            for name, value in values.items():
+                word = word.replace("{" + name + "}", value)
+            out.append(word)
+        return out
+
+    def begin(self, population: Population) -> None:
+        raise_open_files_limit()  # inherited by the server
+        port = free_port()
+        argv = self.argv(port, population)
+        self._log = tempfile.TemporaryFile()
+        try:
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **population.environment()},
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
+        except OSError as e:
+            self.end()
+            raise BenchError(f"{self.label}: cannot run {argv[0]!r}: {e}") from None
+        self.pid = self.process.pid
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                time.sleep(0.05)  # polling a process we just started for its port
+                continue
+            self.url = f"ws://127.0.0.1:{port}/"
+            return
+        tail = self.log().decode(errors="replace")[-4000:]
+        self.end()
+        raise BenchError(f"{self.label} did not listen on port {port}:\n{tail}")
+
+    def log(self) -> bytes:
+        """Everything the server has printed so far."""
+        if self._log is None:
+            return b""
+        self._log.seek(0)
+        return self._log.read()
+
+    def check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            tail = self.log().decode(errors="replace")[-4000:]
+            raise BenchError(f"{self.label} exited with {self.process.returncode}:\n{tail}")
+
+    def end(self) -> None:
+        _stop(self.process)
+        self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        self.url = None
+        self.pid = None
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    """Terminate ``process`` (if it runs), and kill it if it lingers."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def free_port() -> int:
@@ -163,6 +279,7 @@ class LocalServer(Target):
 
     label = "chatserver"
     collects = True
+    profilable = True
 
     def __init__(
         self,
@@ -193,6 +310,7 @@ class LocalServer(Target):
                 raise ValueError("several workers need a Redis")
             self.label = f"chatserver x{workers}"
             self.collects = False
+            self.profilable = False
 
     def argv(self) -> list[str]:
         """The command that starts the server."""
@@ -271,13 +389,7 @@ class LocalServer(Target):
 
     def end(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        _stop(process)
         if self._log is not None:
             self._log.close()
             self._log = None

@@ -130,14 +130,16 @@ def _ms(stats: dict[str, float] | None, *keys: str) -> str:
     return "/".join(f"{stats[k]:.2f}" for k in keys)
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    """A plain-text table, first column left-aligned, the others right."""
+def table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """A plain-text table, the first ``left`` columns left-aligned, the others
+    right."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
     def line(cells: list[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = (c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))
-        return "  ".join([first, *rest]).rstrip()
+        return "  ".join(
+            c.ljust(w) if i < left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
@@ -149,6 +151,9 @@ def render(results: list[Result], machine: dict[str, Any]) -> str:
         f"chatserver benchmark on {machine['cpus']} CPU(s), {machine['cpu_model']}, "
         f"Python {machine['python']}",
     ]
+    rounds = max((r.rounds for r in results), default=1)
+    if rounds > 1:
+        parts.append(f"Every figure is the median of {rounds} rounds.")
     traffic = [r for r in results if r.kind != "storm"]
     if traffic:
         parts.append(
@@ -295,7 +300,7 @@ def render(results: list[Result], machine: dict[str, Any]) -> str:
                 ],
             )
         )
-    profiles = [r for r in results if r.profile]
+    profiles = [r for r in results if r.profile and r.profile.endswith(".txt")]
     for r in profiles:
         parts.append(f"\nProfile of {r.target} {r.scenario}: {r.profile}\n")
         parts.append(summarize_profile(Path(r.profile)))

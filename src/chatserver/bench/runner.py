@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from chatserver.bench.population import Population
-from chatserver.bench.processes import BenchError, Generators, LocalServer, Target
+from chatserver.bench.processes import BenchError, Generators, Target
 from chatserver.bench.storage import COLLECT_ACTION, GC_STATS_ACTION
 from chatserver.bench.sysinfo import (
     CLOCK_TICK_HZ,
@@ -28,6 +29,9 @@ from chatserver.bench.sysinfo import (
 
 # Slack on top of a phase's own duration before the bench gives up on it.
 PHASE_TIMEOUT = 60.0
+# How long another server has to answer the bench's garbage-collection action
+# before the bench takes it that the server does not offer it.
+PROBE_TIMEOUT = 5.0
 SETTLE_SECONDS = 3.0
 
 
@@ -35,11 +39,16 @@ SETTLE_SECONDS = 3.0
 class Scenario:
     """One load to run.
 
-    ``kind`` is ``direct`` (closed loop, each message to a random other
-    user), ``group`` (closed loop, each message to the sender's group),
-    ``open`` (direct messages at a fixed ``rate``) or ``storm`` (``users``
-    clients connect and authorize ``burst`` at a time, a burst starting once
-    the previous one is authorized).
+    ``kind`` is ``direct`` (each message to a random other user), ``group``
+    (each message to the sender's group), ``open`` (direct messages at a fixed
+    ``rate``) or ``storm`` (``users`` clients connect and authorize ``burst``
+    at a time, a burst starting once the previous one is authorized).
+
+    ``direct`` and ``group`` run a closed loop (``senders`` clients each keep
+    ``inflight`` requests outstanding) unless ``rate`` is set: then, like
+    ``open``, messages go out at that fixed rate from random senders however
+    many are outstanding, which is where per-message costs show that
+    batching hides in a closed loop.
     """
 
     kind: str
@@ -53,12 +62,34 @@ class Scenario:
     burst: int = 100
 
     @property
+    def paced(self) -> bool:
+        """Whether messages go out at a fixed rate (an open loop)."""
+        return self.kind != "storm" and self.rate > 0
+
+    @property
     def name(self) -> str:
         if self.kind == "open":
             return f"open {self.rate:g}/s"
         if self.kind == "group":
-            return f"group of {self.group_size}"
+            base = f"group of {self.group_size}"
+            return f"{base}, {self.rate:g}/s" if self.paced else base
+        if self.kind == "direct" and self.paced:
+            return f"direct {self.rate:g}/s"
         return self.kind
+
+    @property
+    def title(self) -> str:
+        """The scenario in words, as the side-by-side table names it."""
+        if self.kind == "storm":
+            return f"{self.users:,} clients connecting in bursts of {self.burst:,}"
+        if self.kind == "group":
+            what = f"group of {self.group_size}, {self.users:,} users"
+        else:
+            what = f"direct, {self.users:,} users"
+        if self.paced:
+            return f"{what}, fixed {self.rate:,.0f} msg/s"
+        every = "each" if self.senders >= self.users else f"for {self.senders} senders"
+        return f"{what}, closed loop, {self.inflight} in flight {every}"
 
 
 @dataclass
@@ -108,6 +139,8 @@ class Result:
     complete: bool = True
     problems: list[str] = field(default_factory=list)
     profile: str | None = None
+    title: str = ""
+    rounds: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,10 +187,28 @@ def split(total: int, weights: list[int]) -> list[int]:
     return parts
 
 
+# py-spy's output formats, and the file name extension of each.
+PROFILE_FORMATS = {"raw": "txt", "flamegraph": "svg", "speedscope": "speedscope.json"}
+
+
 class Profiler:
     """py-spy sampling the server during a measured window, if asked for."""
 
-    def __init__(self, directory: Path | None, pid: int | None, name: str) -> None:
+    def __init__(
+        self,
+        directory: Path | None,
+        pid: int | None,
+        name: str,
+        output_format: str = "raw",
+        native: bool = False,
+    ) -> None:
+        """
+        :param output_format: one of :data:`PROFILE_FORMATS`: ``raw``
+            (collapsed stacks, ``a;b;c count`` lines, which flamegraph.pl and
+            speedscope read and :func:`~chatserver.bench.report.summarize_profile`
+            ranks), ``flamegraph`` (SVG) or ``speedscope`` (JSON).
+        :param native: sample C frames too (py-spy ``--native``).
+        """
         self.process: subprocess.Popen[bytes] | None = None
         self.path: Path | None = None
         if directory is None or pid is None:
@@ -166,9 +217,7 @@ class Profiler:
         if not os.path.exists(py_spy):
             raise BenchError("--profile needs py-spy (pip install py-spy)")
         directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / f"{name}.txt"
-        # Collapsed stacks ("a;b;c count" lines): flamegraph.pl and speedscope
-        # read them, and `summarize_profile` ranks functions from them.
+        self.path = directory / f"{name}.{PROFILE_FORMATS[output_format]}"
         self.process = subprocess.Popen(
             [
                 py_spy,
@@ -178,9 +227,10 @@ class Profiler:
                 "--rate",
                 "250",
                 "--format",
-                "raw",
+                output_format,
                 "--output",
                 str(self.path),
+                *(["--native"] if native else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -236,10 +286,15 @@ class Runner:
         generators: Generators,
         profile_dir: Path | None = None,
         progress: Any = None,
+        profile_format: str = "raw",
+        profile_native: bool = False,
     ) -> None:
         self.generators = generators
         self.profile_dir = profile_dir
+        self.profile_format = profile_format
+        self.profile_native = profile_native
         self.progress = progress or (lambda message: None)
+        self._profile_name = "server"
 
     # -- helpers ----------------------------------------------------------
 
@@ -260,15 +315,46 @@ class Runner:
             previous = current
         return previous
 
-    def _ask(self, target: Target, action: str, data: dict[str, Any] | None = None) -> Any:
+    def _ask(
+        self,
+        target: Target,
+        action: str,
+        data: dict[str, Any] | None = None,
+        timeout: float = PHASE_TIMEOUT / 2,
+    ) -> Any:
         """Call one of the bench's server-side actions (see L{storage})."""
-        command = {"op": "ask", "url": target.url, "action": action, "data": data or {}}
-        return self.generators.call([command], PHASE_TIMEOUT)[0]["data"]
+        command = {
+            "op": "ask",
+            "url": target.url,
+            "action": action,
+            "data": data or {},
+            "timeout": timeout,
+        }
+        return self.generators.call([command], timeout + PHASE_TIMEOUT)[0]["data"]
+
+    def _probe_collects(self, target: Target) -> None:
+        """Find out, once, whether ``target`` offers the bench's garbage
+        collection actions (another implementation may: see the README)."""
+        if target.collects is not None:
+            return
+        try:
+            self._ask(target, GC_STATS_ACTION, {"reset": True}, timeout=PROBE_TIMEOUT)
+        except BenchError:
+            target.collects = False
+        else:
+            target.collects = True
 
     def _gc_stats(self, target: Target, reset: bool) -> dict[str, Any] | None:
         if not target.collects:
             return None
         return self._ask(target, GC_STATS_ACTION, {"reset": reset})
+
+    def _profiler(self, target: Target) -> Profiler:
+        """py-spy on ``target`` if profiles were asked for and it runs Python."""
+        directory = self.profile_dir if target.profilable else None
+        return Profiler(
+            directory, target.pid, self._profile_name, self.profile_format, self.profile_native
+        )
 
     def _cpu(self, target: Target) -> CpuTimes | None:
         return cpu_times(target.pid) if target.pid is not None else None
@@ -304,8 +390,12 @@ class Runner:
 
     # -- scenarios --------------------------------------------------------
 
-    def run(self, target: Target, scenario: Scenario) -> Result:
-        """Run ``scenario`` against ``target`` and return its figures."""
+    def run(self, target: Target, scenario: Scenario, round_index: int | None = None) -> Result:
+        """Run ``scenario`` against ``target`` and return its figures.
+
+        :param round_index: which round of several this is, from 0 (it names the
+            profile).
+        """
         population = Population(
             scenario.users, scenario.group_size if scenario.kind == "group" else 0
         )
@@ -315,10 +405,24 @@ class Runner:
             kind=scenario.kind,
             users=scenario.users,
             generator_processes=len(self.generators),
+            title=scenario.title,
         )
-        self.progress(f"{target.label}: {scenario.name}, {scenario.users} users")
+        prefix = "" if round_index is None else f"round {round_index + 1}: "
+        self.progress(f"{prefix}{target.label}: {scenario.title}")
+        self._profile_name = "-".join(
+            part
+            for part in (
+                re.sub(r"[^\w.-]+", "_", target.label),
+                scenario.kind,
+                str(scenario.users),
+                f"{scenario.rate:g}ps" if scenario.paced else "",
+                "" if round_index is None else f"r{round_index + 1}",
+            )
+            if part
+        )
         target.begin(population)
         try:
+            self._probe_collects(target)
             baseline = self._settled_rss(target)
             if scenario.kind == "storm":
                 self._storm(target, scenario, result, baseline)
@@ -326,8 +430,7 @@ class Runner:
                 self._traffic(target, scenario, population, result, baseline)
             if baseline is not None:
                 result.server_rss_baseline_mb = baseline / 2**20
-            if isinstance(target, LocalServer):
-                target.check_alive()
+            target.check_alive()
         finally:
             with contextlib.suppress(BenchError):
                 self.generators.call_all({"op": "close"}, PHASE_TIMEOUT)
@@ -361,7 +464,7 @@ class Runner:
         self._gc_stats(target, reset=True)
         noise = Noise(self.generators, target)
         before = self._cpu(target)
-        profiler = Profiler(self.profile_dir, target.pid, f"{target.label}-storm-{scenario.users}")
+        profiler = self._profiler(target)
         try:
             self._connect(target, scenario, result)
         finally:
@@ -400,12 +503,13 @@ class Runner:
         self._memory(target, result, baseline)
 
         workers = len(self.generators)
-        if scenario.kind == "open":
-            senders = list(range(scenario.users))
+        # Group messages come from group members only.
+        among = population.groups * population.group_size if scenario.kind == "group" else 0
+        if scenario.paced:
+            senders = list(range(among or scenario.users))
             messages = round(scenario.rate * scenario.duration)
             duration = scenario.duration * 1.5 + 5  # only a safety net: the rate sets the pace
         else:
-            among = population.groups * population.group_size if scenario.kind == "group" else 0
             senders = spread(scenario.senders, among or scenario.users)
             messages = scenario.messages
             duration = scenario.duration
@@ -417,6 +521,7 @@ class Runner:
             {
                 "op": "run",
                 "kind": scenario.kind,
+                "paced": scenario.paced,
                 "users": scenario.users,
                 "group_size": population.group_size,
                 "owner": owner,
@@ -433,9 +538,7 @@ class Runner:
         self._gc_stats(target, reset=True)
         noise = Noise(self.generators, target)
         before = self._cpu(target)
-        profiler = Profiler(
-            self.profile_dir, target.pid, f"{target.label}-{scenario.kind}-{scenario.users}"
-        )
+        profiler = self._profiler(target)
         started = time.perf_counter()
         try:
             ran = self.generators.call(commands, duration + 2 * PHASE_TIMEOUT)
@@ -470,7 +573,7 @@ class Runner:
             delivery.extend(d["delivery_ns"])
         result.reply_ms = percentiles(reply)
         result.delivery_ms = percentiles(delivery)
-        if scenario.kind == "open":
+        if scenario.paced:
             result.generator_max_lag_ms = max(d["max_lag_ns"] for d in drained) / 1e6
         generator_cpu = sum(d["cpu_seconds"] for d in drained)
         result.generator_cpu_seconds = generator_cpu
