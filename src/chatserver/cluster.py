@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlparse
 
 import orjson
@@ -110,6 +110,8 @@ class RedisCluster(Service):
         self.node_id = os.urandom(NODE_ID_BYTES // 2).hex().encode()
         self._reactor = reactor
         self._registry: LocalSessions | None = None
+        # Presence observers (cluster-wide presence events: not yet).
+        self.observers: list[Any] = []
         self._channels: set[bytes] = {self.broadcast_channel, self.control_channel}
         self._publisher: txredisapi.RedisProtocol | None = None
         self._subscriber: _Subscriber | None = None

@@ -124,6 +124,20 @@ class SessionRegistry:
         self.pushes += sent
         return sent
 
+    def push_sessions(self, event_type: str, data: object, sessions: Iterable[Session]) -> int:
+        """Push ``{"type", "data"}`` to these sessions, encoded and framed once."""
+        frame = None
+        sent = 0
+        for session in sessions:
+            if frame is None:
+                frame = self._framer(wire.push(event_type, data))
+                self.frames += 1
+            if not session.closed:
+                session.write_frame(frame)
+                sent += 1
+        self.pushes += sent
+        return sent
+
     def deliver_all(self, payload: bytes) -> int:
         """Send ``payload`` to every registered session."""
         return self.deliver(payload, tuple(self._by_user))

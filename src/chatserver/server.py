@@ -17,8 +17,16 @@ from chatserver.events import EventEmitter, Listener
 from chatserver.session import Session
 
 
+class PresenceObserver(Protocol):
+    """Told when a user comes online anywhere, or goes offline everywhere."""
+
+    def presence_changed(self, user_id: str, online: bool) -> None: ...
+
+
 class Presence(Protocol):
     """Who is online: on this node, or across a cluster."""
+
+    observers: list[PresenceObserver]
 
     def online(self, user_ids: Iterable[str]) -> dict[str, bool]:
         """Whether each of ``user_ids`` has a session anywhere."""
@@ -29,6 +37,16 @@ class LocalPresence:
 
     def __init__(self, registry: SessionRegistry) -> None:
         self._registry = registry
+        self.observers: list[PresenceObserver] = []
+        registry.observers.append(self)
+
+    def user_arrived(self, user_id: str) -> None:
+        for observer in self.observers:
+            observer.presence_changed(user_id, True)
+
+    def user_left(self, user_id: str) -> None:
+        for observer in self.observers:
+            observer.presence_changed(user_id, False)
 
     def online(self, user_ids: Iterable[str]) -> dict[str, bool]:
         registry = self._registry

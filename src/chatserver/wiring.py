@@ -20,7 +20,10 @@ from chatserver.delivery import LocalRouter, Router, SessionRegistry
 from chatserver.events import EventEmitter
 from chatserver.factory import ChatServerFactory
 from chatserver.handlers import Action, ChatHandler
+from chatserver.handlers.conversations import Conversations
 from chatserver.handlers.directory import CONTACTS, UsersAndGroups
+from chatserver.handlers.presence import PresenceWatch
+from chatserver.handlers.typing import Typing
 from chatserver.interfaces import (
     IChatStorage,
     ISessionRevocations,
@@ -177,6 +180,11 @@ def build_server(
         stats=stats,
         server_info=server_info,
     )
+    handler.add_builtin("getConversations", Conversations(handler, storage))
+    handler.add_builtin("typing", Typing(handler, storage.getGroupUserIds, router, reactor))
+    watch = PresenceWatch(registry, presence, events)
+    handler.add_builtin("watchPresence", watch)
+    presence.observers.append(watch)
     admission = PendingConnections(limits.max_pending_connections)
     factory = ChatServerFactory(
         handler=handler,

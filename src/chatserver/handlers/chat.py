@@ -79,7 +79,7 @@ class Timestamps:
         return f"{self._prefix}{millis:03d}Z"
 
 
-def _signed_in(session: Session) -> str:
+def signed_in(session: Session) -> str:
     """The session's user id (the handler runs other actions only for
     authorized sessions)."""
     user_id = session.user_id
@@ -185,6 +185,17 @@ class ChatHandler:
         except Exception:
             return fail()
 
+    def add_builtin(self, name: str, route: Route) -> None:
+        """Run ``route(session, data)`` for action ``name`` (for authorized
+        sessions): the protocol's additions that live in modules of their
+        own. A custom action of that name is refused, as for the others.
+
+        :raise ValueError: if ``name`` is taken.
+        """
+        if name in self._routes:
+            raise ValueError(f"custom actions may not replace built-in ones: [{name!r}]")
+        self._routes[name] = route
+
     def is_action(self, name: str) -> bool:
         """Whether ``name`` is an action this server runs."""
         return name in self._routes
@@ -233,6 +244,10 @@ class ChatHandler:
                 d.addTimeout(self.storage_timeout, self._clock)
             d.addBoth(self._timed, operation, started)
         return d.addErrback(self._storage_failed, operation)
+
+    #: For the protocol's other actions: a storage call with the same
+    #: deadline, metrics and error mapping as the built-in ones.
+    call_storage = _storage
 
     def _timed(self, result: object, operation: str, started: float) -> object:
         self.stats.observe_storage(operation, perf_counter() - started)
@@ -286,7 +301,7 @@ class ChatHandler:
         if to is None:
             raise ChatError(errors.INVALID_MESSAGE, "a message must contain a `to` property")
         message = {k: v for k, v in data.items() if k not in RESERVED_FIELDS}
-        sender = _signed_in(session)
+        sender = signed_in(session)
         message["to"] = to
         message["from"] = sender
         message["createdAt"] = self._timestamps.format(self._clock.seconds())
@@ -331,7 +346,7 @@ class ChatHandler:
         query = dict(data)
         query["skip"] = _count(data, "skip", 0)
         query["limit"] = min(_count(data, "limit", 10), self.max_history)
-        me = _signed_in(session)
+        me = signed_in(session)
         query["ids"] = [me, other]
         self._cursor(query)
         if not query.pop("isGroup", False):
@@ -376,7 +391,7 @@ class ChatHandler:
         message_id = as_id(data.get("id", data.get("_id")) if type(data) is dict else data)
         if message_id is None:
             raise ChatError(errors.INVALID_REQUEST, "read needs a message id")
-        reader = _signed_in(session)
+        reader = signed_in(session)
         d = self._storage("read", self._read, message_id, reader)
         return d.addCallback(self._was_read, reader)
 
