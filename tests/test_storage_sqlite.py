@@ -17,13 +17,25 @@ from chatserver.storage.sqlite import (
     conversation_key,
     open_database,
 )
-from chatserver.testing import StorageConformanceTests
+from chatserver.testing import (
+    AccountConformanceTests,
+    ConversationConformanceTests,
+    DirectoryConformanceTests,
+    RevocationConformanceTests,
+    StorageConformanceTests,
+)
 from chatserver.testing.conformance import timestamp
 
 STALL_BOUND = 0.25  # seconds without a reactor tick that would count as blocking
 
 
-class TestSQLiteStorage(StorageConformanceTests):
+class TestSQLiteStorage(
+    DirectoryConformanceTests,
+    ConversationConformanceTests,
+    AccountConformanceTests,
+    RevocationConformanceTests,
+    StorageConformanceTests,
+):
     @pytest.fixture(autouse=True)
     def _database_path(self, tmp_path):
         self.path = str(tmp_path / "chat.sqlite3")
@@ -119,7 +131,7 @@ async def test_data_survives_reopening(path):
 
 @pytest_twisted.ensureDeferred
 async def test_schema_version_and_pragmas_are_recorded(storage, path):
-    await storage.list_users()  # the file exists once queued work has run
+    await storage.list_all_users()  # the file exists once queued work has run
     db = sqlite3.connect(path)
     try:
         assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 1
@@ -139,7 +151,7 @@ async def test_a_newer_schema_is_refused(path):
     storage.startService()
     try:
         with pytest.raises(RuntimeError, match="newer"):
-            await storage.list_users()
+            await storage.list_all_users()
     finally:
         await storage.stopService()
     db = sqlite3.connect(path)
@@ -168,7 +180,7 @@ async def test_tokens_are_stored_only_as_hashes(path):
     assert len(set(tokens)) == 2 and all(len(t) >= 43 for t in tokens)
     user = await storage.authorize({"token": tokens[0]})
     assert user == {"id": "alice", "name": "alice"}
-    assert await storage.list_users() == [
+    assert await storage.list_all_users() == [
         {"id": "alice", "name": "alice"},
         {"id": "bob", "name": "bob"},
     ]
@@ -192,9 +204,9 @@ async def test_provisioning(storage):
 
     await storage.add_group("team", ["alice", "bob", "alice", "carol"])
     await storage.add_group("empty", [])
-    assert await storage.list_groups() == [
-        {"id": "empty", "members": []},
-        {"id": "team", "members": ["alice", "bob", "carol"]},
+    assert await storage.list_all_groups() == [
+        {"id": "empty", "name": "empty", "members": []},
+        {"id": "team", "name": "team", "members": ["alice", "bob", "carol"]},
     ]
     await storage.add_group("team", ["carol", "bob"])  # replaces the members
     assert await storage.getGroupUserIds({"groupId": "team"}) == ["carol", "bob"]
@@ -202,14 +214,14 @@ async def test_provisioning(storage):
     assert await storage.remove_user("bob") is True
     assert await storage.remove_user("bob") is False
     assert await storage.getGroupUserIds({"groupId": "team"}) == ["carol"]
-    assert await storage.list_users() == [{"id": "alice", "name": "alice"}]
+    assert await storage.list_all_users() == [{"id": "alice", "name": "alice"}]
     assert await storage.remove_user("alice") is True
     assert await storage.authorize({"token": token}) is None
 
     assert await storage.remove_group("team") is True
     assert await storage.remove_group("team") is False
     assert await storage.getGroupUserIds({"groupId": "team"}) == []
-    assert await storage.list_groups() == [{"id": "empty", "members": []}]
+    assert await storage.list_all_groups() == [{"id": "empty", "name": "empty", "members": []}]
 
 
 @pytest_twisted.ensureDeferred
