@@ -254,6 +254,19 @@ _CONVERSATIONS = (
     " WHERE c.user_id = ? {where}"
     " ORDER BY c.last_created_at DESC, c.last_seq DESC LIMIT ?"
 )
+# Directory pages: one range scan each, already in id order.
+_LIST_GROUPS = (
+    "SELECT m.group_id, coalesce(g.name, m.group_id)"
+    " FROM group_members m CROSS JOIN groups g ON g.id = m.group_id"
+    " WHERE m.user_id = ? AND m.group_id > ? ORDER BY m.group_id LIMIT ?"
+)
+_LIST_GROUP_MEMBERS = (
+    "SELECT user_id FROM group_members WHERE group_id = ? AND user_id > ? ORDER BY user_id LIMIT ?"
+)
+_LIST_PARTNERS = (
+    "SELECT other FROM conversations WHERE user_id = ? AND is_group = 0"
+    " AND other > ? ORDER BY other LIMIT ?"
+)
 _LEAVE = (
     "UPDATE conversations SET unread = 0, since_seq = NULL"
     " WHERE user_id = ? AND is_group = 1 AND other = ?"
@@ -699,12 +712,7 @@ class SQLiteStorage(Service):
         return self._run(self._list_groups, *args)
 
     def _list_groups(self, user_id: str, after: str, limit: int) -> list[dict]:
-        rows = self._connection().execute(
-            "SELECT m.group_id, coalesce(g.name, m.group_id)"
-            " FROM group_members m CROSS JOIN groups g ON g.id = m.group_id"
-            " WHERE m.user_id = ? AND m.group_id > ? ORDER BY m.group_id LIMIT ?",
-            (user_id, after, limit),
-        )
+        rows = self._connection().execute(_LIST_GROUPS, (user_id, after, limit))
         return [{"id": group_id, "name": name} for group_id, name in rows]
 
     def listContacts(self, query: dict) -> Deferred[list[dict]]:
@@ -717,20 +725,10 @@ class SQLiteStorage(Service):
         db = self._connection()
         groups = db.execute("SELECT group_id FROM group_members WHERE user_id = ?", (user_id,))
         sources = [
-            db.execute(
-                "SELECT user_id FROM group_members WHERE group_id = ? AND user_id > ?"
-                " ORDER BY user_id LIMIT ?",
-                (group_id, after, limit + 1),
-            ).fetchall()
+            db.execute(_LIST_GROUP_MEMBERS, (group_id, after, limit + 1)).fetchall()
             for (group_id,) in groups.fetchall()
         ]
-        sources.append(
-            db.execute(
-                "SELECT other FROM conversations WHERE user_id = ? AND is_group = 0"
-                " AND other > ? ORDER BY other LIMIT ?",
-                (user_id, after, limit + 1),
-            ).fetchall()
-        )
+        sources.append(db.execute(_LIST_PARTNERS, (user_id, after, limit + 1)).fetchall())
         ids = merge_ids(([i for (i,) in rows] for rows in sources), user_id, limit)
         names = self._names(ids)
         return [{"id": i, "name": names.get(i, i)} for i in ids]
