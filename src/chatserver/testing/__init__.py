@@ -12,16 +12,22 @@ module:Factory`` runs all that apply to a store. They need ``pytest`` and
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any
 
 try:
     import pytest
     import pytest_twisted  # noqa: F401
-except ImportError as e:  # pragma: no cover - depends on what is installed
-    raise ImportError(
+except ImportError as e:
+    _missing = (
         f"chatserver.testing needs pytest and pytest-twisted ({e.name} is missing): "
         "pip install 'chatserver[testing]'"
-    ) from None
+    )
+    # Python sets argv[0] to "-m" while it imports the packages of `python -m
+    # chatserver.testing`: then say it in one line, without a traceback.
+    if sys.argv[:1] == ["-m"]:
+        raise SystemExit(f"python -m chatserver.testing: {_missing}") from None
+    raise ImportError(_missing) from None
 
 _EXPORTS = {
     "StorageConformanceTests": "chatserver.testing.conformance",

@@ -292,7 +292,9 @@ class StorageConformanceTests:
             sender, to = ("alice", "bob") if i % 2 else ("bob", "alice")
             await self.create(storage, self.message(sender, to, f"m{i}"))
         history = await self.history(storage, "alice", "bob")
-        assert [m["text"] for m in history] == ["m4", "m3", "m2", "m1", "m0"]
+        assert [m["text"] for m in history] == ["m4", "m3", "m2", "m1", "m0"], (
+            "getMessages must return the conversation newest first"
+        )
 
     @pytest_twisted.ensureDeferred
     async def test_history_orders_by_created_at_then_insertion(self, storage: Any) -> None:
@@ -329,8 +331,12 @@ class StorageConformanceTests:
             page = await self.history(storage, "alice", "bob", skip=skip, limit=limit)
             return [m["text"] for m in page]
 
-        assert await texts(0, 10) == [f"m{i}" for i in range(24, 14, -1)]
-        assert await texts(10, 10) == [f"m{i}" for i in range(14, 4, -1)]
+        assert await texts(0, 10) == [f"m{i}" for i in range(24, 14, -1)], (
+            "getMessages must return the `limit` newest messages, newest first"
+        )
+        assert await texts(10, 10) == [f"m{i}" for i in range(14, 4, -1)], (
+            "getMessages must skip the `skip` newest messages"
+        )
         assert await texts(20, 10) == [f"m{i}" for i in range(4, -1, -1)]
         assert await texts(3, 2) == ["m21", "m20"]
         assert await texts(25, 10) == []
@@ -391,7 +397,9 @@ class StorageConformanceTests:
         await self.create(storage, self.message("alice", "bob", "direct"))
         for member in ("alice", "bob", "carol"):
             history = await self.history(storage, member, "team", isGroup=True)
-            assert self.ids(history) == self.ids(reversed(sent))
+            assert self.ids(history) == self.ids(reversed(sent)), (
+                "a group's history must hold every member's messages, newest first"
+            )
 
     @pytest_twisted.ensureDeferred
     async def test_direct_and_group_conversations_are_separate(self, storage: Any) -> None:
@@ -458,8 +466,12 @@ class StorageConformanceTests:
     async def test_sender_and_others_cannot_read_a_direct_message(self, storage: Any) -> None:
         """Only the recipient may read a direct message: read answers None to anyone else."""
         stored = await self.create(storage, self.message("alice", "bob"))
-        assert await _call(storage.read, message_id(stored), "alice") is None
-        assert await _call(storage.read, message_id(stored), "carol") is None
+        assert await _call(storage.read, message_id(stored), "alice") is None, (
+            "read by the sender of a direct message must answer None"
+        )
+        assert await _call(storage.read, message_id(stored), "carol") is None, (
+            "read by someone other than the recipient must answer None"
+        )
         [fetched] = await self.history(storage, "alice", "bob")
         assert not fetched.get("read")
 
@@ -470,7 +482,9 @@ class StorageConformanceTests:
         stored = await self.create(storage, self.message("alice", "team", "hi all", group=True))
         read = await _call(storage.read, message_id(stored), "bob")
         assert message_id(read) == message_id(stored)
-        assert read["readBy"] == ["bob"]
+        assert read.get("readBy") == ["bob"], (
+            "read of a group message must add the reader to its readBy list"
+        )
         assert read["text"] == "hi all"
         again = await _call(storage.read, message_id(stored), "bob")
         assert again["readBy"] == ["bob"]
@@ -484,8 +498,12 @@ class StorageConformanceTests:
         """The sender and non-members may not read a group message: read answers None."""
         await self.group(storage, "team", ["alice", "bob"])
         stored = await self.create(storage, self.message("alice", "team", group=True))
-        assert await _call(storage.read, message_id(stored), "alice") is None
-        assert await _call(storage.read, message_id(stored), "mallory") is None
+        assert await _call(storage.read, message_id(stored), "alice") is None, (
+            "read of a group message by its sender must answer None"
+        )
+        assert await _call(storage.read, message_id(stored), "mallory") is None, (
+            "read of a group message by a non-member must answer None"
+        )
         [fetched] = await self.history(storage, "bob", "team", isGroup=True)
         assert not fetched.get("readBy")
 
@@ -553,7 +571,9 @@ class StorageConformanceTests:
         pages = []
         for skip in range(0, 1100, 100):
             pages.extend(await self.history(storage, "alice", "bob", skip=skip, limit=100))
-        assert [m["n"] for m in pages] == list(range(999, -1, -1))
+        assert [m["n"] for m in pages] == list(range(999, -1, -1)), (
+            "messages created concurrently must come back newest first, in call order"
+        )
         assert self.ids(pages) == self.ids(reversed(stored))
 
     @pytest_twisted.ensureDeferred
@@ -565,7 +585,10 @@ class StorageConformanceTests:
             first = await self.create(storage, sent)
             resent = self.message("alice", "bob", "retry", clientMessageId=client_id)
             again = await _call(storage.create, resent)
-            assert message_id(again) == message_id(first)
+            assert message_id(again) == message_id(first), (
+                "create with a clientMessageId already used by the sender must fire with "
+                "the message stored the first time, not store another"
+            )
             assert again["text"] == f"{client_id}"  # the first copy, as stored
             firsts.append(first)
         history = await self.history(storage, "alice", "bob")
@@ -584,7 +607,10 @@ class StorageConformanceTests:
         for sent, result in zip(sends, stored, strict=True):
             assert result["text"] == sent["clientMessageId"]
             by_key.setdefault(sent["clientMessageId"], set()).add(message_id(result))
-        assert all(len(ids) == 1 for ids in by_key.values()), by_key
+        assert all(len(ids) == 1 for ids in by_key.values()), (
+            "concurrent creates with the same clientMessageId must store one message, "
+            f"got several ids for one clientMessageId: {by_key}"
+        )
         history = await self.history(storage, "bob", "alice")
         assert sorted(m["clientMessageId"] for m in history) == sorted(by_key)
         assert sorted(self.ids(history)) == sorted(i for ids in by_key.values() for i in ids)
