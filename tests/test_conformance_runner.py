@@ -1,6 +1,7 @@
 """``python -m chatserver.testing module:Factory``, run as a user would: a
 separate process, in a directory holding their store's module."""
 
+import importlib
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import chatserver
+from chatserver.testing.runner import SUITES, rule_of
 
 SRC = str(Path(chatserver.__file__).resolve().parents[1])
 
@@ -230,3 +232,20 @@ def test_without_pytest_the_error_names_the_extra(tmp_path):
     command = run("-m", "chatserver.testing", "x:y", cwd=tmp_path, pythonpath=[hidden])
     assert command.returncode == 1
     assert command.stderr.splitlines() == [f"python -m chatserver.testing: {expected}"]
+
+
+def test_the_readme_states_every_rule():
+    bullets, lines = [], (Path(SRC).parent / "README.md").read_text().splitlines()
+    for line in lines:
+        if line.startswith("- "):
+            bullets.append(line[2:])
+        elif line.startswith("  ") and bullets and line.strip():
+            bullets[-1] += " " + line.strip()
+    stated = {" ".join(b.replace("`", "").split()) for b in bullets}
+    missing = []
+    for _, mixin, module in SUITES:
+        suite = getattr(importlib.import_module(module), mixin)
+        for name, test in vars(suite).items():
+            if name.startswith("test_") and rule_of(name, test) not in stated:
+                missing.append(f"{mixin}.{name}: {rule_of(name, test)}")
+    assert missing == [], "README.md must state each rule, as a list item, as the test says it"
