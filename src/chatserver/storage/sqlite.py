@@ -309,8 +309,8 @@ def _create_private(path: str) -> None:
     create it with the process's umask, usually readable by everyone."""
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except FileExistsError:
-        pass
+    except OSError:
+        pass  # it exists, or SQLite will say why it cannot be opened
 
 
 def exposure(path: str) -> str | None:
