@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import pytest_twisted
 from twisted.internet.defer import gatherResults
 
 from chatserver.errors import INVALID_QUERY, NOT_FOUND
-from chatserver.interfaces import IConversationStore
+from chatserver.interfaces import IAccountStore, IConversationStore
 from chatserver.testing.conformance import MALFORMED_IDS, _call, failure_of, message_id, timestamp
 
 ORDER_RULE = "getConversations must order conversations by their last message, newest first"
@@ -291,6 +292,28 @@ class ConversationConformanceTests:
         await self.create(storage, self.message("alice", "team", "three", group=True))
         assert await self.summary(storage, "bob") == [("team", True, "three", 1)], (
             "back in the group, a member must count the messages sent since"
+        )
+
+    @pytest_twisted.ensureDeferred
+    async def test_leaving_through_the_account_methods(self, storage: Any) -> None:
+        """Leaving a group by remove_member, remove_group or remove_user
+        (IAccountStore) resets the conversation's unread to 0 as well."""
+        if not IAccountStore.providedBy(storage):
+            pytest.skip("needs IAccountStore, which the store lacks")
+        for group_id in ("one", "two", "three"):
+            await _call(storage.add_group, group_id, ["alice", "bob", "carol"])
+            await self.create(storage, self.message("alice", group_id, group=True))
+        await _call(storage.remove_member, "one", "bob")
+        await _call(storage.remove_group, "two")
+        assert [await self.unread(storage, "bob", g) for g in ("one", "two", "three")] == [
+            0,
+            0,
+            1,
+        ], "remove_member and remove_group must reset the unread of those who leave"
+        assert await self.unread(storage, "carol", "two") == 0
+        await _call(storage.remove_user, "carol")
+        assert [await self.unread(storage, "carol", g) for g in ("one", "three")] == [0, 0], (
+            "remove_user must reset the unread of every group the user leaves"
         )
 
     @pytest_twisted.ensureDeferred
