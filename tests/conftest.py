@@ -28,7 +28,7 @@ def token_of(user_id: str) -> str:
 def add_demo_users(storage: MemoryStorage) -> MemoryStorage:
     """Give ``storage`` the demo users (token ``<id>-token``) and groups."""
     for user_id in USERS:
-        storage.add_user({"id": user_id, "name": user_id.title()}, token_of(user_id))
+        storage.add_user(user_id, user_id.title(), token_of(user_id))
     for group_id, members in GROUPS.items():
         storage.add_group(group_id, members)
     return storage

@@ -50,7 +50,7 @@ async def test_direct_message_is_stored_then_pushed_to_both_sides(server):
 @pytest_twisted.ensureDeferred
 async def test_integer_ids_are_strings_on_the_server(server):
     # chat-client's README authorizes with {token: 123}; ids may be numbers too.
-    server.app.storage.add_user({"id": 7}, "123")
+    server.app.storage.authorize_as("123", {"id": 7})
     seven = await server.connect()
     assert (await seven.authorize(token=123))["id"] == 7
     alice = await server.login("alice")

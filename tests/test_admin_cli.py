@@ -120,3 +120,19 @@ def test_help(tmp_path):
     result = admin("--help", cwd=tmp_path)
     assert result.returncode == 0
     assert "users" in result.stdout and "groups" in result.stdout
+
+
+@pytest_twisted.ensureDeferred
+async def test_lists_are_complete_beyond_one_page(tmp_path, db):
+    storage = await open_store(db)
+    try:
+        for i in range(1203):
+            await storage.add_user(f"user{i:04}")
+            if i < 501:
+                await storage.add_group(f"group{i:03}", [f"user{i:04}"])
+    finally:
+        await storage.stopService()
+    users = admin("users", "list", "--storage", db, cwd=tmp_path).stdout.splitlines()
+    assert users == [f"user{i:04}\tuser{i:04}" for i in range(1203)]
+    groups = admin("groups", "list", "--storage", db, cwd=tmp_path).stdout.splitlines()
+    assert groups == [f"group{i:03}\tuser{i:04}" for i in range(501)]

@@ -410,7 +410,7 @@ class TestMemoryStorageOverWire(WireConformanceTests):
         return MemoryStorage()
 
     def add_backend_user(self, backend, user_id, token):
-        backend.add_user({"id": user_id, "name": user_id}, token)
+        return backend.add_user(user_id, token=token)
 
     def add_backend_group(self, backend, group_id, member_ids):
         backend.add_group(group_id, member_ids)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import sqlite3
 import sys
 import traceback
+from collections.abc import AsyncIterator, Callable
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorCore
@@ -30,6 +31,19 @@ from chatserver.storage.sqlite import SQLiteStorage
 
 DEFAULT_STORAGE = "sqlite:chat.sqlite3"
 PROG = "python -m chatserver"
+PAGE = 500
+
+
+async def _every(list_page: Callable[..., Deferred[list[dict]]]) -> AsyncIterator[dict]:
+    """Every item of a paged ``list_all_*`` method, a page at a time."""
+    after = None
+    while True:
+        page = await list_page(after=after, limit=PAGE)
+        for item in page:
+            yield item
+        if len(page) < PAGE:
+            return
+        after = page[-1]["id"]
 
 
 class _Group(usage.Options):
@@ -66,7 +80,7 @@ class UsersList(_Command):
     synopsis = f"Usage: {PROG} users list"
 
     async def run(self, storage: SQLiteStorage) -> int:
-        for user in await storage.list_users():
+        async for user in _every(storage.list_all_users):
             print(f"{user['id']}\t{user['name']}")
         return 0
 
@@ -111,7 +125,7 @@ class GroupsList(_Command):
     synopsis = f"Usage: {PROG} groups list"
 
     async def run(self, storage: SQLiteStorage) -> int:
-        for group in await storage.list_groups():
+        async for group in _every(storage.list_all_groups):
             print("\t".join([group["id"], *group["members"]]))
         return 0
 

@@ -59,7 +59,9 @@ class IMessageStore(Interface):
         """
         Store one message. The server has set ``from`` (the sender's id as a
         string), ``to`` (a string), ``createdAt`` (ISO 8601 UTC with
-        milliseconds) and, for a group message, ``isGroup: True``.
+        milliseconds) and, for a group message, ``isGroup: True``; it has
+        dropped any ``_id``, ``id``, ``read`` and ``readBy`` the client sent,
+        so a new message is unread by everyone.
 
         If the message carries ``clientMessageId``, storing it again for the
         same sender must not store a second copy: it fires with the message
@@ -120,14 +122,19 @@ class IUserDirectory(Interface):
     Each method must be served from indexes: its cost grows with the page
     asked for (and the number of groups the user is in), never with the
     number of users or messages stored. Pages are ordered by id (string
-    order) and start after the id ``query["after"]`` (``None``: from the
-    start); ``query["limit"]`` is a positive integer (the server caps it).
+    order, that is by code point, as Python compares ``str``) and start
+    after the id ``query["after"]`` (``None``: from the start);
+    ``query["limit"]`` is a positive integer (the server caps it). A page
+    shorter than ``limit`` is the last one.
     """
 
     def listContacts(query: dict[str, Any]) -> object:
         """
         The contacts of ``query["userId"]``: every user who shares a group
-        or a direct conversation with them, themselves excluded.
+        or a direct conversation with them (a message sent either way, ever),
+        themselves excluded, each listed once. A contact the store keeps no
+        account for (a group may name any id; an account may have been
+        removed since the conversation) is listed with its id as name.
 
         :return: a Deferred firing with at most ``limit`` users as
             ``{"id": str, "name": str}``, ordered by id.
@@ -144,8 +151,9 @@ class IUserDirectory(Interface):
 
     def listUsers(query: dict[str, Any]) -> object:
         """
-        Every user the store knows (for ``--directory all``, meant for
-        demos), regardless of ``query["userId"]``.
+        Every user the store keeps an account for (for ``--directory
+        all``, meant for demos), regardless of ``query["userId"]``; a user's
+        name defaults to their id.
 
         :return: a Deferred firing with at most ``limit`` users as
             ``{"id": str, "name": str}``, ordered by id.
@@ -175,8 +183,25 @@ class IConversationStore(Interface):
         sent or received a message in it, a group conversation once a
         message was sent to the group while the user was a member.
 
+        The position of a conversation is that of its last message (see
+        "Ordering" above: ``createdAt``, then insertion), so a message whose
+        ``createdAt`` is older than the conversation's last does not move
+        the conversation nor become its ``last``.
+
         ``query["limit"]`` is a positive integer (the server caps it);
-        ``query["before"]`` is ``None`` or the ``next`` of an earlier page.
+        ``query["before"]`` is ``None`` or the ``next`` of an earlier page:
+        the page then holds the conversations whose last message is older
+        than the last one on that page (a conversation that got a newer
+        message meanwhile has moved to the top, out of the rest of the
+        walk). A ``before`` that the store did not make fails with
+        ``ChatError("invalidQuery", ...)``.
+
+        Group windows: a group message counts for the members of the group
+        when it is stored, and only for them. A member added later sees the
+        conversation once a message is sent after they joined, and its
+        ``unread`` counts only such messages. A member who leaves the group
+        (removed from it, or the group removed) keeps the conversation as it
+        was, with ``unread`` reset to 0: they can no longer read it.
 
         :return: a Deferred firing with ``{"conversations": [...], "next":
             cursor or None}``. Each conversation is ``{"with": id,
@@ -184,8 +209,9 @@ class IConversationStore(Interface):
             returns it>, "unread": n}``, where ``unread`` counts the
             messages to the user, not from the user, that the user has not
             read (direct: without ``read: true``; group: the user not in
-            ``readBy``). ``next`` is an opaque string, ``None`` on the last
-            page.
+            ``readBy``): each message counted goes down by one the first time
+            :meth:`IMessageStore.read` marks it read by the user.
+            ``next`` is an opaque string, ``None`` on the last page.
         """
 
     # And, in getMessages, the cursors:
@@ -196,9 +222,10 @@ class IConversationStore(Interface):
     # - ``query["after"]``: a message id of this conversation; the page holds
     #   the messages after it, **oldest first**, for catching up.
     #
-    # The server never sends both, nor a cursor with ``skip``. A cursor that
-    # names no message of this conversation fails the call with
-    # ``ChatError("notFound", ...)``.
+    # The server never sends both, nor a cursor with ``skip`` (a store may
+    # count ``skip`` from the cursor). A cursor that names no message of
+    # this conversation (unknown, malformed, or a message of another
+    # conversation) fails the call with ``ChatError("notFound", ...)``.
 
 
 class ISessionRevocations(Interface):
@@ -211,11 +238,17 @@ class ISessionRevocations(Interface):
 
         ``cursor`` is ``None`` on the first call: the store then fires with
         no users and the cursor of "now". Cursors are opaque to the server
-        (any value the store can encode as JSON).
+        (any value the store can encode as JSON), and a cursor must keep
+        working when passed back after a JSON round trip, in another process
+        on the same store. The revocations of every process using the store
+        count (an admin command revokes, every server node sees it).
+
+        A store may answer with only the oldest of many revocations; the
+        cursor it returns is then past those, and the next call gets more.
 
         :return: a Deferred firing with ``(user_ids, cursor)``: the ids
-            revoked since ``cursor`` (duplicates allowed) and the cursor to
-            pass next time.
+            revoked since ``cursor``, oldest first (duplicates allowed), and
+            the cursor to pass next time.
         """
 
 
@@ -234,8 +267,13 @@ class IStorageStatus(Interface):
 class IAccountStore(Interface):
     """Optional: provisioning, for the admin commands and applications.
 
-    Every method returns a Deferred. Ids and names are non-empty strings;
-    a method given an empty one fails with ``ValueError``.
+    Every method returns a Deferred. Ids, names and tokens are non-empty
+    strings; a method given an empty one fails with ``ValueError``. Group
+    members may be ids the store keeps no account for (an application may
+    authorize users elsewhere). Removing a member from a group, by
+    :meth:`remove_member`, :meth:`add_group`, :meth:`remove_group` or
+    :meth:`remove_user`, makes them leave it as
+    :meth:`IConversationStore.getConversations` describes.
     """
 
     def add_user(user_id: str, name: str | None = None, token: str | None = None) -> object:
@@ -253,7 +291,8 @@ class IAccountStore(Interface):
         stops working and the user's live sessions end.
 
         :return: a Deferred firing with the token; failing with
-            ``LookupError`` for an unknown user.
+            ``LookupError`` for an unknown user, ``ValueError`` if another
+            user has the token.
         """
 
     def get_user(user_id: str) -> object:
@@ -270,6 +309,8 @@ class IAccountStore(Interface):
     def revoke_sessions(user_id: str) -> object:
         """
         End the user's live sessions on every node (they may sign in again).
+        Works for any id, with or without an account (an application may
+        authorize users elsewhere).
 
         :return: a Deferred firing with ``None``.
         """
@@ -298,13 +339,18 @@ class IAccountStore(Interface):
 
     def add_member(group_id: str, user_id: str) -> object:
         """
+        Add ``user_id`` at the end of the group's members.
+
         :return: a Deferred firing with whether ``user_id`` was added (False:
             already a member); failing with ``LookupError`` for an unknown
             group.
         """
 
     def remove_member(group_id: str, user_id: str) -> object:
-        """:return: a Deferred firing with whether ``user_id`` was a member."""
+        """
+        :return: a Deferred firing with whether ``user_id`` was a member (False
+            for an unknown group).
+        """
 
     def list_all_groups(after: str | None = None, limit: int = 100) -> object:
         """

@@ -45,7 +45,7 @@ class Link:
 def demo_storage() -> MemoryStorage:
     storage = MemoryStorage()
     for user in ("alice", "bob", "carol"):
-        storage.add_user({"id": user, "name": user.title()}, f"{user}-token")
+        storage.add_user(user, user.title(), f"{user}-token")
     storage.add_group("team", ["alice", "bob"])
     return storage
 

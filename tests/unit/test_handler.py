@@ -9,7 +9,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from chatserver import ChatError, IChatStorage, MemoryStorage, SessionRefused
+from chatserver import ChatError, CombinedStorage, IChatStorage, MemoryStorage, SessionRefused
 from chatserver.delivery import LocalRouter, SessionRegistry
 from chatserver.events import EventEmitter
 from chatserver.handlers import ChatHandler
@@ -87,7 +87,7 @@ class Silent(MemoryStorage):
 
 def test_a_storage_call_that_never_answers_times_out_on_the_clock():
     storage = Silent()
-    storage.add_user({"id": "alice"}, "alice-token")
+    storage.add_user("alice", token="alice-token")
     world = World(storage, storage_timeout=15)
     session, _ = world.signed_in("alice")
     _, result = world.run(session, "create", {"to": "bob"})
@@ -150,8 +150,10 @@ def test_history_queries_are_checked(query, code):
 
 
 def test_cursors_need_a_store_that_has_them():
-    world = World(Silent())
-    world.storage.add_user({"id": "alice"}, "alice-token")
+    store = MemoryStorage()
+    store.add_user("alice", token="alice-token")
+    # Only the five methods of IChatStorage: no IConversationStore.
+    world = World(CombinedStorage(store, store, store))
     alice, _ = world.signed_in("alice")
     error = outcome(world.run(alice, "getMessages", {"with": "bob", "after": "1"})[1])
     assert error.code == "notSupported"

@@ -77,7 +77,7 @@ class Waiting(MemoryStorage):
         super().__init__()
         self.waiting: list[Deferred] = []
         for user in ("alice", "bob"):
-            self.add_user({"id": user}, f"{user}-token")
+            self.add_user(user, token=f"{user}-token")
 
     def create(self, message):
         d = Deferred()
