@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.processes import ServerProcess
+from tests.processes import ServerProcess, admin
 from tests.rawws import (
     CONTINUATION,
     PING,
@@ -520,3 +520,106 @@ def test_requests_in_flight_per_connection_are_capped(tmp_path):
         assert all(r["error"] == "rateLimited" for r in refused)
     finally:
         server.stop()
+
+
+# 2. The directory at scale ------------------------------------------------
+
+
+def populate(path: Path, users: int) -> None:
+    """A database of ``users`` users (tokens ``t<i>``), all in one group."""
+    import hashlib
+    import sqlite3
+
+    from chatserver.storage.sqlite import open_database
+
+    open_database(str(path)).close()
+    db = sqlite3.connect(path)
+    with db:
+        db.executemany(
+            "INSERT INTO users (id, name, token_hash) VALUES (?, ?, ?)",
+            (
+                (f"u{i:06d}", f"User {i}", hashlib.sha256(f"t{i}".encode()).digest())
+                for i in range(users)
+            ),
+        )
+        db.execute("INSERT INTO groups (id) VALUES ('everyone')")
+        db.executemany(
+            "INSERT INTO group_members (group_id, user_id) VALUES ('everyone', ?)",
+            ((f"u{i:06d}",) for i in range(users)),
+        )
+    db.close()
+
+
+@pytest.mark.parametrize("mode", ["contacts", "all"])
+def test_the_directory_costs_a_page_at_200000_users(tmp_path, mode):
+    path = tmp_path / "big.sqlite3"
+    populate(path, 200_000)
+    server = ServerProcess.twistd("--storage", f"sqlite:{path}", "--directory", mode, cwd=tmp_path)
+    latencies: list[float] = []
+
+    def browse(stop: threading.Event) -> None:
+        # Every page of the directory, over and over, as fast as the rate
+        # limit allows (a request every 20 ms), 500 users a page.
+        client = RawWebSocket(server.port)
+        assert "data" in client.request("authorize", {"token": "t7"})
+        cursor = None
+        while not stop.is_set():
+            started = time.perf_counter()
+            reply = client.request("getUsersAndGroups", {"limit": 500, "after": cursor})
+            latencies.append(time.perf_counter() - started)
+            assert "data" in reply, reply
+            assert len(reply["data"]["users"]) == 500 or reply["data"]["next"] is None
+            cursor = reply["data"]["next"]
+            stop.wait(0.02)  # pacing within the rate limit, not synchronisation
+
+    try:
+        pair = Pair(server.port, ({"token": "t1"}, {"token": "t2"}))
+        try:
+            with Attack(browse, threads=4):
+                times = pair.round_trips(PAIR_MESSAGES, PAIR_INTERVAL)
+        finally:
+            pair.close()
+        p99 = percentile(times, 0.99)
+        record(
+            f"directory-{mode}",
+            pair_p99_ms=round(p99 * 1000, 2),
+            page_p50_ms=round(percentile(latencies, 0.5) * 1000, 2),
+            pages=len(latencies),
+            rss_mib=server.rss() // 2**20,
+        )
+        assert p99 < PAIR_P99, f"pair round trip p99 {p99 * 1000:.1f} ms"
+        assert percentile(latencies, 0.5) < 0.05
+    finally:
+        server.stop()
+
+
+# 11. Removing a user ends their live sessions --------------------------------
+
+
+def test_removing_a_user_ends_their_sessions_within_seconds(tmp_path):
+    path = tmp_path / "chat.sqlite3"
+    token = admin("users", "add", "alice", "--storage", f"sqlite:{path}", cwd=tmp_path)
+    server = ServerProcess.twistd("--storage", f"sqlite:{path}", cwd=tmp_path)
+    try:
+        alice = RawWebSocket(server.port)
+        assert "data" in alice.request("authorize", {"token": token})
+        started = time.monotonic()
+        admin("users", "remove", "alice", "--storage", f"sqlite:{path}", cwd=tmp_path)
+        closed = alice.wait_closed(timeout=10)
+        record("revoke", closed_after_s=round(time.monotonic() - started, 2))
+        assert (closed.code, closed.reason) == (4000, "session revoked")
+        again = RawWebSocket(server.port)
+        assert again.request("authorize", {"token": token})["error"] == "authorizationFailed"
+    finally:
+        server.stop()
+
+
+def test_the_database_file_is_private(tmp_path):
+    server = ServerProcess.twistd("--storage", f"sqlite:{tmp_path / 'chat.sqlite3'}", cwd=tmp_path)
+    try:
+        signed = RawWebSocket(server.port)
+        signed.request("serverInfo")
+    finally:
+        server.stop()
+    for name in ("chat.sqlite3",):
+        assert (tmp_path / name).stat().st_mode & 0o077 == 0, name
