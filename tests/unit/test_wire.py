@@ -53,7 +53,18 @@ def test_an_unusable_id_is_refused_with_a_null_id(request_id):
         b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1),
         b'{"a":' * MAX_DEPTH + b"1" + b"}" * MAX_DEPTH,
     ],
-    ids=lambda v: v[:20].decode(),
+    ids=[
+        "lone-high-surrogate",
+        "lone-low-surrogate",
+        "nan",
+        "infinity",
+        "2**53",
+        "-2**53",
+        "beyond-64-bits",
+        "1e300",
+        "deep-list",
+        "deep-object",
+    ],
 )
 def test_unsafe_json_is_refused_by_id(value):
     payload = b'{"type": "create", "id": 7, "data": {"x": ' + value + b"}}"
