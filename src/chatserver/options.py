@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import fields
+from typing import Any
 
 from twisted.python import usage
 
@@ -97,6 +98,30 @@ class Options(usage.Options):
             "Comma-separated origins whose web pages may connect, e.g. "
             "https://chat.example.com,https://*.example.com (default: any).",
         ],
+        [
+            "jwt-key",
+            None,
+            None,
+            'Sign-in with JWTs ({"token": "<jwt>"}) checked with the key in this file: '
+            "an HMAC secret (HS256) or a PEM public key (RS256, ES256/384/512, EdDSA). "
+            "Replaces the storage's authorize; the storage keeps messages and groups.",
+        ],
+        ["jwt-audience", None, None, "The aud a JWT must carry (default: none)."],
+        ["jwt-issuer", None, None, "The iss a JWT must carry (default: not checked)."],
+        [
+            "jwt-leeway",
+            None,
+            0.0,
+            "Seconds of clock difference allowed on a JWT's nbf and iat.",
+            float,
+        ],
+        [
+            "api-key-file",
+            None,
+            None,
+            "Serve the HTTP server API under /api to callers with a key from this file "
+            "(one key per line, at least 32 characters each).",
+        ],
     ]
     # One option per limit, named after it: --max-frame-bytes, --rate, ...
     optParameters += [
@@ -158,3 +183,44 @@ class Options(usage.Options):
         self.allowed_origins = (
             [o.strip() for o in origins.split(",") if o.strip()] if origins else None
         )
+        self.jwt_authorizer = self._jwt_authorizer()
+        self.api_keys = self._api_keys()
+
+    def _jwt_authorizer(self) -> Any:
+        """The JWT authorizer ``--jwt-key`` asks for, or None.
+
+        Key files are read here, while options are checked, so that a
+        mistake stops start-up with one line (and before ``--workers``
+        starts any worker).
+        """
+        path = self["jwt-key"]
+        if path is None:
+            for name in ("jwt-audience", "jwt-issuer", "jwt-leeway"):
+                if self[name]:
+                    raise usage.UsageError(f"--{name} needs --jwt-key")
+            return None
+        if self["dev-auth"]:
+            raise usage.UsageError("--jwt-key and --dev-auth both decide who signs in: choose one")
+        from chatserver.storage.jwtauth import JWTAuthorizer
+
+        try:
+            return JWTAuthorizer.from_file(
+                path,
+                audience=self["jwt-audience"],
+                issuer=self["jwt-issuer"],
+                leeway=self["jwt-leeway"],
+            )
+        except ValueError as e:
+            raise usage.UsageError(f"--jwt-key: {e}") from None
+
+    def _api_keys(self) -> list[str] | None:
+        """The keys of ``--api-key-file``, or None."""
+        path = self["api-key-file"]
+        if path is None:
+            return None
+        from chatserver.http_api import load_api_keys
+
+        try:
+            return load_api_keys(path)
+        except ValueError as e:
+            raise usage.UsageError(f"--api-key-file: {e}") from None

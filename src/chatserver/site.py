@@ -172,7 +172,11 @@ class ChatRoot(Resource):
         *,
         allowed_origins: Sequence[str] | None = None,
         web: bool = True,
+        api: IResource | None = None,
     ) -> None:
+        """
+        :param api: the server API, served under ``/api`` (None: no ``/api``).
+        """
         super().__init__()
         self.websocket = WebSocketResource(factory)
         self.origins = OriginCheck(allowed_origins)
@@ -180,6 +184,8 @@ class ChatRoot(Resource):
         self.putChild(b"health", Health())
         self.putChild(b"ready", Ready(readiness))
         self.putChild(b"metrics", Metrics(metrics))
+        if api is not None:
+            self.putChild(b"api", api)
 
     def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         if request.requestHeaders.hasHeader(b"upgrade"):

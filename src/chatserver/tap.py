@@ -99,6 +99,11 @@ def make_service(options: Options, reactor: Any = None) -> IService:
             "Never expose this server to people you do not trust."
         )
         storage = AuthorizerOverride(storage, ClaimedIdAuthorizer())
+    if options.jwt_authorizer is not None:
+        log.info("sign-in: JWTs checked with {authorizer!r}", authorizer=options.jwt_authorizer)
+        storage = AuthorizerOverride(storage, options.jwt_authorizer)
+    if options.api_keys:
+        log.info("server API on /api ({n} keys)", n=len(options.api_keys))
     cluster = None
     if options["redis"]:
         from chatserver.cluster import RedisCluster
@@ -122,6 +127,7 @@ def make_service(options: Options, reactor: Any = None) -> IService:
         verbose=options["verbose"],
         max_history=options["max-history"],
         server_info={"devAuth": bool(options["dev-auth"])},
+        api_keys=options.api_keys,
         reactor=reactor,
     )
     SettleMemory().setServiceParent(server)

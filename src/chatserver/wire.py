@@ -134,6 +134,24 @@ def parse_request(payload: bytes, max_bytes: int = 0) -> Request | Refusal | Unr
     return Request(request_id, action, {} if data is None else data)
 
 
+def parse_document(payload: bytes) -> Any:
+    """Parse a JSON document a client sent outside a frame (an HTTP API
+    request's body) under the same rules as :func:`parse_request`.
+
+    :raise ValueError: when ``payload`` is not JSON, or breaks a rule; the
+        message says which, in words a client can be shown.
+    """
+    try:
+        value = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise ValueError("the body must be a JSON document in UTF-8") from None
+    if (
+        payload.count(b"{") + payload.count(b"[") > MAX_DEPTH or _MAYBE_BIG_NUMBER.search(payload)
+    ) and not _safe(value):
+        raise ValueError(UNSAFE_JSON)
+    return value
+
+
 def parse_binary(payload: bytes) -> Refusal | Unreadable:
     """A binary frame: refused by id when it is JSON carrying one, else unreadable."""
     try:

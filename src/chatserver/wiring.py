@@ -16,6 +16,8 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from chatserver._version import __version__
+from chatserver.api_schema import openapi_description
 from chatserver.delivery import LocalRouter, Router, SessionRegistry
 from chatserver.events import EventEmitter
 from chatserver.factory import ChatServerFactory
@@ -24,6 +26,7 @@ from chatserver.handlers.conversations import Conversations
 from chatserver.handlers.directory import CONTACTS, UsersAndGroups
 from chatserver.handlers.presence import PresenceWatch
 from chatserver.handlers.typing import Typing
+from chatserver.http_api import APIKeys, ServerAPIResource
 from chatserver.interfaces import (
     IChatStorage,
     ISessionRevocations,
@@ -112,6 +115,7 @@ def build_server(
     max_history: int = 100,
     server_info: Mapping[str, object] | None = None,
     revocation_interval: float = DEFAULT_INTERVAL,
+    api_keys: Sequence[str] | None = None,
     reactor: IReactorTime | None = None,
 ) -> ChatServer:
     """Build a chat server over ``storage``.
@@ -134,7 +138,11 @@ def build_server(
     :param server_info: what the open ``serverInfo`` action tells clients.
     :param revocation_interval: seconds between two polls of the store for
         revoked sessions (when it provides ``ISessionRevocations``).
+    :param api_keys: serve the HTTP server API under ``/api`` to callers
+        with one of these keys (see :mod:`chatserver.http_api`); ``None`` or
+        empty: no ``/api``.
     :raise TypeError: if ``storage`` does not provide ``IChatStorage``.
+    :raise ValueError: if one of ``api_keys`` is too weak to be one.
     """
     if not IChatStorage.providedBy(storage):
         raise TypeError(
@@ -201,6 +209,19 @@ def build_server(
     parts: list[Any] = [stats, registry, factory]
     if cluster is not None:
         parts.append(cluster)
+    api_resource = None
+    if isinstance(api_keys, str | bytes):
+        raise TypeError("api_keys is a list of keys, not one key")
+    if api_keys:
+        api_resource = ServerAPIResource(
+            handler,
+            api,
+            APIKeys(api_keys),
+            reactor,
+            description=openapi_description(__version__),
+            track=factory.track,
+        )
+        parts.append(api_resource)
 
     async def readiness() -> dict[str, str]:
         body: dict[str, str] = {}
@@ -223,6 +244,7 @@ def build_server(
         metrics_registry(parts),
         allowed_origins=allowed_origins,
         web=web,
+        api=api_resource,
     )
     site = ChatSite(root, limits=limits, admission=admission, clock=reactor)
     server = ChatServer(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
@@ -15,15 +16,15 @@ from twisted.internet.defer import (
     maybeDeferred,
     succeed,
 )
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from chatserver import errors
 from chatserver._version import __version__
 from chatserver.delivery import Router, SessionRegistry
-from chatserver.errors import ChatError, SessionRefused
-from chatserver.events import SOCKET_AUTHORIZED, EventEmitter
+from chatserver.errors import ChatError, Ending, SessionRefused
+from chatserver.events import SOCKET_AUTHORIZED, SOCKET_CLOSED, EventEmitter
 from chatserver.interfaces import IChatStorage, IConversationStore
 from chatserver.logs import Throttle
 from chatserver.metrics import ServerStats
@@ -32,6 +33,8 @@ from chatserver.session import Session
 # Fields only the server (or the store) may set on a message.
 RESERVED_FIELDS = frozenset({"_id", "id", "from", "createdAt", "read", "readBy"})
 MAX_ID_LENGTH = 256
+#: The close reason of a session whose user's ``exp`` has passed.
+EXPIRED_REASON = "token expired"
 
 #: A custom action: ``action(session, data)`` returning the reply's data (or
 #: a Deferred or coroutine of it).
@@ -85,6 +88,20 @@ def signed_in(session: Session) -> str:
     user_id = session.user_id
     assert user_id is not None
     return user_id
+
+
+def _deadline(user: Mapping[str, Any]) -> float | None:
+    """The ``exp`` of an authorized user (seconds since the epoch, as in
+    JWT), or None if it has none.
+
+    :raise ValueError: if ``exp`` is there but not a finite number.
+    """
+    exp = user.get("exp")
+    if exp is None:
+        return None
+    if type(exp) not in (int, float) or not math.isfinite(exp):
+        raise ValueError("exp must be a number")
+    return float(exp)
 
 
 def _same_message(stored: Mapping[str, Any], sent: Mapping[str, Any]) -> bool:
@@ -161,6 +178,9 @@ class ChatHandler:
         clash = set(builtins) & set(custom)
         if clash:
             raise ValueError(f"custom actions may not replace built-in ones: {sorted(clash)}")
+        # Sessions whose user carries an ``exp``, and the call that ends them.
+        self._expiries: dict[Session, IDelayedCall] = {}
+        events.on(SOCKET_CLOSED, self._forget_expiry)
         self._routes: dict[str, Route] = dict(builtins)
         for name, action in custom.items():
             self._routes[name] = self._custom(name, action)
@@ -262,7 +282,16 @@ class ChatHandler:
     # -- built-in actions --------------------------------------------------
 
     def authorize(self, session: Session, credentials: object) -> Deferred[Any]:
-        """Identify the session's user and register the session as theirs."""
+        """Identify the session's user and register the session as theirs.
+
+        A user object carrying ``exp`` (seconds since the epoch, as a JWT's
+        claim) ends the session at that time, with
+        :attr:`~chatserver.errors.Ending.EXPIRED` and the reason
+        ``"token expired"``; an ``exp`` already past refuses the
+        ``authorize`` with ``authorizationFailed``. A later ``authorize`` on
+        the same session replaces the deadline (a client renews its session
+        by sending a fresh token before the old one expires).
+        """
         if type(credentials) is not dict:
             raise ChatError(errors.INVALID_REQUEST, "authorize data must be an object")
         d = self._storage("authorize", self._authorize, credentials)
@@ -272,11 +301,19 @@ class ChatHandler:
         if not user:
             raise ChatError(errors.AUTHORIZATION_FAILED, "authorization failed")
         user_id = None
+        deadline = None
         if isinstance(user, dict):
             user_id = user.get("id", user.get("_id"))
+            try:
+                deadline = _deadline(user)
+            except ValueError:
+                self._throttle.error("invalid-user", "authorize returned a user with a bad exp")
+                raise ChatError(errors.STORAGE_ERROR, "storage returned an invalid user") from None
         if user_id is None:
             self._throttle.error("invalid-user", "authorize returned a user without id or _id")
             raise ChatError(errors.STORAGE_ERROR, "storage returned an invalid user")
+        if deadline is not None and deadline <= self._clock.seconds():
+            raise ChatError(errors.AUTHORIZATION_FAILED, "the credentials have expired")
         if session.closed:
             # Gone while storage answered: registering it would leak it.
             return user
@@ -289,19 +326,60 @@ class ChatHandler:
         session.user = user  # type: ignore[assignment]
         session.user_id = user_id
         self._registry.add(user_id, session)
+        self._expire_at(session, deadline)
         self._events.emit(SOCKET_AUTHORIZED, session)
         return user
+
+    def _expire_at(self, session: Session, deadline: float | None) -> None:
+        """End ``session`` at ``deadline`` (None: never), instead of when
+        it was to end before."""
+        self._forget_expiry(session)
+        if deadline is not None:
+            delay = deadline - self._clock.seconds()
+            self._expiries[session] = self._clock.callLater(delay, self._expire, session)
+
+    def _expire(self, session: Session) -> None:
+        self._expiries.pop(session, None)
+        session.end(EXPIRED_REASON, Ending.EXPIRED)
+
+    def _forget_expiry(self, session: Session) -> None:
+        call = self._expiries.pop(session, None)
+        if call is not None and call.active():
+            call.cancel()
+
+    def sessions_expiring(self) -> int:
+        """How many sessions have a deadline (for metrics and tests)."""
+        return len(self._expiries)
 
     def create(self, session: Session, data: object) -> Deferred[Any]:
         """Store a message from the session's user, then push it to its
         recipients: ``to`` and the sender, or every member of the group."""
+        return self.create_as(signed_in(session), data)
+
+    def create_as(self, sender: str, data: object) -> Deferred[Any]:
+        """Store a message from ``sender`` and push it, exactly as a
+        ``create`` from a session of that user would be (the server API's
+        way to post as a user, without a session).
+
+        :param sender: the sender's user id.
+        :param data: the message as a client sends it (``to``, ``isGroup``,
+            any other fields; the fields only the server sets are dropped).
+        :return: a Deferred firing with the stored message, or failing with
+            :class:`ChatError` (``invalidMessage``, ``notGroupMember``,
+            ``conflict``, ``storageError``, ``storageTimeout``).
+        """
+        try:
+            return self._create_from(sender, data)
+        except Exception:
+            return fail()
+
+    def _create_from(self, sender: str, data: object) -> Deferred[Any]:
         if type(data) is not dict:
             raise ChatError(errors.INVALID_MESSAGE, "a message must be an object")
         to = as_id(data.get("to"))
         if to is None:
             raise ChatError(errors.INVALID_MESSAGE, "a message must contain a `to` property")
         message = {k: v for k, v in data.items() if k not in RESERVED_FIELDS}
-        sender = signed_in(session)
         message["to"] = to
         message["from"] = sender
         message["createdAt"] = self._timestamps.format(self._clock.seconds())
