@@ -7,7 +7,12 @@ from typing import Any
 
 from chatserver import errors
 from chatserver.handlers.chat import MAX_ID_LENGTH
-from chatserver.http_api import MAX_REASON_LENGTH, MAX_TYPE_LENGTH, MAX_USERS
+from chatserver.http_api import (
+    MAX_QUERY_IDS_LENGTH,
+    MAX_REASON_LENGTH,
+    MAX_TYPE_LENGTH,
+    MAX_USERS,
+)
 from chatserver.wire import MAX_SAFE_INTEGER
 
 JSON = "application/json"
@@ -70,9 +75,17 @@ def openapi_description(version: str) -> dict[str, Any]:
         },
         "Data": {
             "description": (
-                "Any JSON value, within the wire's rules: no number beyond ±(2^53-1), "
-                "nesting at most 32 deep."
+                "Any JSON value within the wire's rules: no number beyond ±(2^53-1), no "
+                "lone surrogate, nesting at most 32 deep."
             ),
+            "nullable": True,
+            "anyOf": [
+                {"type": "string"},
+                {"type": "number", "minimum": -MAX_SAFE_INTEGER, "maximum": MAX_SAFE_INTEGER},
+                {"type": "boolean"},
+                {"type": "array", "items": _ref("Data")},
+                {"type": "object", "additionalProperties": _ref("Data")},
+            ],
         },
         "Error": {
             "type": "object",
@@ -122,11 +135,13 @@ def openapi_description(version: str) -> dict[str, Any]:
             "isGroup": {"type": "boolean"},
             "clientMessageId": {
                 "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_ID_LENGTH,
                 "description": "Makes a retry store nothing twice (as for clients).",
             },
         },
         "required": ["from", "to"],
-        "additionalProperties": True,
+        "additionalProperties": _ref("Data"),
         "description": (
             "Any other field is stored with the message, except those only the server sets "
             "(`_id`, `id`, `createdAt`, `read`, `readBy`), which are dropped."
@@ -145,6 +160,13 @@ def openapi_description(version: str) -> dict[str, Any]:
         "required": ["users"],
         "additionalProperties": False,
     }
+    users = {
+        "type": "object",
+        "properties": {"users": _ref("Users")},
+        "required": ["users"],
+        "additionalProperties": False,
+    }
+    presence = {"type": "object", "additionalProperties": {"type": "boolean"}}
     paths = {
         "/api/send": {
             "post": {
@@ -209,30 +231,25 @@ def openapi_description(version: str) -> dict[str, Any]:
                         "name": "ids",
                         "in": "query",
                         "required": True,
-                        "style": "form",
-                        "explode": False,
                         "schema": {
-                            "type": "array",
-                            "items": {
-                                "type": "string",
-                                "minLength": 1,
-                                "maxLength": MAX_ID_LENGTH,
-                                "pattern": "^[^,]+$",
-                            },
-                            "minItems": 1,
-                            "maxItems": MAX_USERS,
+                            "type": "string",
+                            "maxLength": MAX_QUERY_IDS_LENGTH,
+                            "pattern": f"^[^,]{{1,{MAX_ID_LENGTH}}}(,[^,]{{1,{MAX_ID_LENGTH}}})*$",
                         },
-                        "description": "User ids, separated by commas.",
+                        "description": (
+                            f"User ids separated by commas, {MAX_QUERY_IDS_LENGTH} characters "
+                            "at most (POST asks about more)."
+                        ),
                     }
                 ],
-                "responses": {
-                    "200": _ok(
-                        "Each id, online or not.",
-                        {"type": "object", "additionalProperties": {"type": "boolean"}},
-                    ),
-                    **_COMMON,
-                },
-            }
+                "responses": {"200": _ok("Each id, online or not.", presence), **_COMMON},
+            },
+            "post": {
+                "operationId": "presenceOf",
+                "summary": "Whether users are connected (for more ids than a URL holds)",
+                "requestBody": _body(users),
+                "responses": {"200": _ok("Each id, online or not.", presence), **_POSTED},
+            },
         },
     }
     return {

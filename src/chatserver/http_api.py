@@ -15,7 +15,8 @@ codes, never a traceback.
   as ``from`` and push it, through the handler's own ``create`` path.
 - ``POST /api/disconnect`` ``{"users", "reason"?}``: end their sessions on
   every node (close 4000).
-- ``GET /api/presence?ids=a,b``: ``{"a": true, "b": false}``.
+- ``GET /api/presence?ids=a,b``: ``{"a": true, "b": false}`` (``POST`` with
+  ``{"users": [...]}`` for more than a URL holds).
 - ``GET /api/openapi.json``: the OpenAPI description (needs no key).
 """
 
@@ -46,6 +47,10 @@ MAX_TYPE_LENGTH = wire.MAX_ACTION_LENGTH
 #: The longest close reason, in characters (a Close frame carries its first
 #: 123 UTF-8 bytes).
 MAX_REASON_LENGTH = 123
+#: The longest ``ids`` of ``GET /api/presence``, in characters: with each
+#: percent-encoded as up to 12 bytes, the request head stays under the 16 KiB
+#: an HTTP head may have.
+MAX_QUERY_IDS_LENGTH = 1024
 #: The shortest API key accepted.
 MIN_KEY_LENGTH = 32
 DEFAULT_DISCONNECT_REASON = "session ended by the server"
@@ -206,26 +211,38 @@ def _reason(body: Mapping[str, Any]) -> str:
 
 def _query_ids(args: Mapping[bytes, Sequence[bytes]]) -> list[str]:
     values = args.get(b"ids")
-    if not values:
-        raise _invalid("`ids` is required: user ids separated by commas")
-    ids: list[str] = []
-    for value in values:
-        try:
-            text = value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _invalid("`ids` must be UTF-8") from None
-        ids.extend(text.split(","))
-        if len(ids) > MAX_USERS:
-            raise _invalid(f"`ids` may name at most {MAX_USERS} users")
+    if not values or len(values) > 1:
+        raise _invalid("give `ids` once: user ids separated by commas")
+    try:
+        text = values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid("`ids` must be UTF-8") from None
+    if len(text) > MAX_QUERY_IDS_LENGTH:
+        raise _invalid(
+            f"`ids` may be at most {MAX_QUERY_IDS_LENGTH} characters: "
+            'POST /api/presence with {"users": [...]} asks about more'
+        )
+    ids = text.split(",")
     for user_id in ids:
         if not 0 < len(user_id) <= MAX_ID_LENGTH:
             raise _invalid(f"each of `ids` must be 1 to {MAX_ID_LENGTH} characters")
     return list(dict.fromkeys(ids))
 
 
+def _client_message_id(body: Mapping[str, Any]) -> None:
+    if "clientMessageId" in body:
+        value = body["clientMessageId"]
+        if type(value) is not str or not 0 < len(value) <= MAX_ID_LENGTH:
+            raise _invalid(
+                f"`clientMessageId` must be a string of 1 to {MAX_ID_LENGTH} characters",
+                errors.INVALID_MESSAGE,
+            )
+
+
 SEND_FIELDS = frozenset({"type", "data", "users"})
 BROADCAST_FIELDS = frozenset({"type", "data"})
 DISCONNECT_FIELDS = frozenset({"users", "reason"})
+PRESENCE_FIELDS = frozenset({"users"})
 
 
 class ServerCalls:
@@ -254,6 +271,7 @@ class ServerCalls:
             )
         if "isGroup" in body and type(body["isGroup"]) is not bool:
             raise _invalid("`isGroup` must be true or false", errors.INVALID_MESSAGE)
+        _client_message_id(body)
         message = {k: v for k, v in body.items() if k != "from"}
         return self._handler.create_as(sender, message)
 
@@ -263,7 +281,13 @@ class ServerCalls:
         return {"disconnected": self._api.end_sessions(users, _reason(body))}
 
     def presence(self, args: Mapping[bytes, Sequence[bytes]]) -> Deferred[Any]:
-        ids = _query_ids(args)
+        return self._online(_query_ids(args))
+
+    def presence_of(self, body: dict[str, Any]) -> Deferred[Any]:
+        _fields(body, PRESENCE_FIELDS, ("users",))
+        return self._online(_user_ids(body["users"], "users"))
+
+    def _online(self, ids: list[str]) -> Deferred[Any]:
         # Presence may become a question to the cluster: take either answer.
         return maybeDeferred(self._api.online, ids)
 
@@ -310,30 +334,33 @@ UNAUTHORIZED = APIError(
 
 
 class _Call(Resource):
-    """One API call: its method, its input (a JSON object, or the query
-    string for GET), and the answer of ``run`` to it."""
+    """One API call: its methods, its input (a JSON object for POST, the
+    query string for GET), and the answer of the method's function to it."""
 
     isLeaf = True
 
     def __init__(
-        self, root: ServerAPIResource, name: str, method: bytes, run: Callable[[Any], object]
+        self, root: ServerAPIResource, name: str, methods: Mapping[bytes, Callable[[Any], object]]
     ) -> None:
         super().__init__()
         self.root = root
         self.name = name
-        self.method = method
-        self.run = run
+        self.methods = dict(methods)
+        self.allow = b", ".join(sorted(self.methods))
 
     def render(self, request: Request) -> int | bytes:
         if request.postpath:
             return self._refuse(request, NO_SUCH_CALL)
-        if request.method != self.method:
-            request.setHeader(b"allow", self.method)
+        assert request.method is not None
+        run = self.methods.get(request.method)
+        if run is None:
+            request.setHeader(b"allow", self.allow)
             return self._refuse(
                 request,
-                APIError(405, errors.INVALID_REQUEST, f"use {self.method.decode()} for this call"),
+                APIError(405, errors.INVALID_REQUEST, f"use {self.allow.decode()} for this call"),
             )
-        if self.method == b"POST":
+        given: object
+        if request.method == b"POST":
             if not _is_json(request.getHeader(b"content-type")):
                 return self._refuse(
                     request,
@@ -341,17 +368,16 @@ class _Call(Resource):
                 )
             assert request.content is not None
             try:
-                body = wire.parse_document(request.content.getvalue())
+                given = wire.parse_document(request.content.getvalue())
             except ValueError as e:
                 return self._refuse(request, _invalid(str(e)))
-            if type(body) is not dict:
+            if type(given) is not dict:
                 return self._refuse(request, _invalid("the body must be a JSON object"))
-            given: object = body
         else:
             given = request.args or {}
         gone: list[bool] = []
         request.notifyFinish().addErrback(lambda _: gone.append(True))
-        d = maybeDeferred(self.run, given)
+        d = maybeDeferred(run, given)
         self.root.track(d)
         d.addBoth(self._answer, request, gone)
         return NOT_DONE_YET
@@ -425,11 +451,13 @@ class ServerAPIResource(Resource):
         self.refused = 0
         calls = ServerCalls(handler, api)
         self._calls: dict[bytes, _Call] = {
-            b"send": _Call(self, "send", b"POST", calls.send),
-            b"broadcast": _Call(self, "broadcast", b"POST", calls.broadcast),
-            b"messages": _Call(self, "messages", b"POST", calls.messages),
-            b"disconnect": _Call(self, "disconnect", b"POST", calls.disconnect),
-            b"presence": _Call(self, "presence", b"GET", calls.presence),
+            b"send": _Call(self, "send", {b"POST": calls.send}),
+            b"broadcast": _Call(self, "broadcast", {b"POST": calls.broadcast}),
+            b"messages": _Call(self, "messages", {b"POST": calls.messages}),
+            b"disconnect": _Call(self, "disconnect", {b"POST": calls.disconnect}),
+            b"presence": _Call(
+                self, "presence", {b"GET": calls.presence, b"POST": calls.presence_of}
+            ),
         }
         self._description = _Description(description)
 

@@ -107,7 +107,7 @@ def test_an_exp_that_is_not_a_number_is_a_storage_error(exp):
 
 def test_a_closed_session_forgets_its_deadline():
     world = world_with({"t": {"id": "alice", "exp": 3600}})
-    session, link = world.session()
+    session, _link = world.session()
     sign_in(world, session, "t")
     assert len(world.clock.getDelayedCalls()) == 1
     session.closed = True
@@ -118,7 +118,7 @@ def test_a_closed_session_forgets_its_deadline():
 
 def test_users_without_exp_never_expire():
     world = World()
-    session, link = world.signed_in("alice")
+    _session, link = world.signed_in("alice")
     assert world.clock.getDelayedCalls() == []
     world.clock.advance(10**9)
     assert link.ended == []

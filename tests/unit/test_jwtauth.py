@@ -196,7 +196,7 @@ def test_unusable_key_files_say_why(tmp_path, content, message):
 
 
 def test_a_missing_key_file_says_so(tmp_path):
-    with pytest.raises(ValueError, match="cannot read the JWT key file .*No such file"):
+    with pytest.raises(ValueError, match=r"cannot read the JWT key file .*No such file"):
         JWTAuthorizer.from_file(tmp_path / "nope")
 
 

@@ -83,7 +83,7 @@ def test_send_bodies_are_checked(body):
 
 def test_send_broadcast_disconnect_and_presence():
     world = World()
-    alice, alice_link = world.signed_in("alice")
+    _alice, alice_link = world.signed_in("alice")
     api = calls(world)
     assert api.send({"type": "note", "data": {"n": 1}, "users": ["alice", "alice", 7]}) == {
         "delivered": 1
