@@ -10,7 +10,7 @@ import time
 import pytest
 import pytest_twisted
 
-from chatserver import AuthorizerOverride
+from chatserver import AuthorizerOverride, CombinedStorage, MemoryStorage
 from chatserver.client import RequestFailed, connect
 from chatserver.protocol import CLOSE_TOKEN_EXPIRED
 from chatserver.storage.jwtauth import JWTAuthorizer
@@ -46,6 +46,20 @@ async def test_a_token_signed_with_the_key_authorizes_and_the_store_keeps_the_ch
     stored = await alice.send({"to": "team", "isGroup": True, "text": "hi"})
     assert (await bob.next_push("chatMessage"))["_id"] == stored["_id"]
     assert stored["from"] == "alice"
+    await close(alice, bob)
+
+
+@pytest_twisted.ensureDeferred
+async def test_combined_with_any_message_store(serve, make_server):
+    store = MemoryStorage()
+    store.add_group("pair", ["alice", "bob"])
+    combined = CombinedStorage(authorizer=JWTAuthorizer(SECRET), messages=store, groups=store)
+    server = await serve(make_server(combined))
+    alice, bob = await server.connect(), await server.connect()
+    await alice.authorize(token=hs256(claims("alice"), SECRET))
+    await bob.authorize(token=hs256(claims("bob"), SECRET))
+    stored = await bob.send({"to": "pair", "isGroup": True, "text": "combined"})
+    assert (await alice.next_push("chatMessage"))["_id"] == stored["_id"]
     await close(alice, bob)
 
 

@@ -36,16 +36,19 @@ from chatserver.storage.override import AuthorizerOverride
 
 if TYPE_CHECKING:
     from chatserver.cluster import RedisCluster
+    from chatserver.storage.jwtauth import JWTAuthorizer
     from chatserver.storage.mongo import MongoStorage
     from chatserver.storage.sqlite import SQLiteStorage
     from chatserver.wiring import ChatServer, build_server
 
-# Loaded on first use: each pulls in Autobahn, txmongo/pymongo, txredisapi or
-# sqlite3 and a thread pool, which an application may never need.
+# Loaded on first use: each pulls in Autobahn, txmongo/pymongo, txredisapi,
+# PyJWT and cryptography, or sqlite3 and a thread pool, which an application
+# may never need.
 _LAZY = {
     "ChatServer": "chatserver.wiring",
     "build_server": "chatserver.wiring",
     "MongoStorage": "chatserver.storage.mongo",
+    "JWTAuthorizer": "chatserver.storage.jwtauth",
     "SQLiteStorage": "chatserver.storage.sqlite",
     "RedisCluster": "chatserver.cluster",
 }
@@ -81,6 +84,7 @@ __all__ = [
     "ISessionRevocations",
     "IStorageStatus",
     "IUserDirectory",
+    "JWTAuthorizer",
     "Limits",
     "MemoryStorage",
     "MongoStorage",
