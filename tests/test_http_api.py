@@ -26,7 +26,6 @@ from twisted.web.http_headers import Headers
 
 from chatserver.client import ChatClientProtocol, connect
 from chatserver.protocol import CLOSE_SESSION_REVOKED
-from chatserver.storage.mongo import MongoStorage
 from tests.processes import ServerProcess, admin
 from tests.test_cluster import redis  # noqa: F401 (a fixture)
 
@@ -342,32 +341,19 @@ async def test_the_api_is_off_by_default(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
-async def test_api_messages_appear_in_the_conversation_list(tmp_path, mongodb_uri):
-    node = ServerProcess.twistd(
-        "--storage",
-        mongodb_uri,
-        "--dev-auth",
-        "--api-key-file",
-        str(key_file(tmp_path)),
-        cwd=tmp_path,
-    )
-    try:
-        body = {"from": "system", "to": "alice", "text": "your order shipped"}
-        answer = await call(node, b"POST", "/api/messages", body)
-        assert answer.code == 200, answer.body
-    finally:
-        node.stop()
-    store = MongoStorage(mongodb_uri, timeout=30)
-    store.startService()
-    try:
-        await store.whenReady()
-        listed = await store.getConversations({"userId": "alice", "limit": 10, "before": None})
-    finally:
-        await store.stopService()
-    [conversation] = listed["conversations"]
-    assert (conversation["with"], conversation["isGroup"]) == ("system", False)
-    assert conversation["last"]["_id"] == answer.body["_id"]
-    assert conversation["unread"] == 1
+async def test_api_messages_appear_in_the_conversation_list(api_node):
+    alice = await login(api_node, "alice")
+    body = {"from": "shop", "to": "alice", "text": "your order shipped"}
+    direct = (await call(api_node, b"POST", "/api/messages", body)).body
+    group = {"from": "bob", "to": "team", "isGroup": True, "text": "lunch?"}
+    in_group = (await call(api_node, b"POST", "/api/messages", group)).body
+    listed = await alice.request("getConversations", {})
+    entries = {(c["with"], c["isGroup"]): c for c in listed["conversations"]}
+    assert entries[("shop", False)]["last"]["_id"] == direct["_id"]
+    assert entries[("shop", False)]["unread"] == 1
+    assert entries[("team", True)]["last"]["_id"] == in_group["_id"]
+    assert [c["with"] for c in listed["conversations"]] == ["team", "shop"]  # newest first
+    await close(alice)
 
 
 # -- two nodes -----------------------------------------------------------------------
