@@ -165,6 +165,9 @@ async def test_every_call_needs_the_key(api_node):
     # The description is public: it holds no secret, and tools fetch it.
     answer = await call(api_node, b"GET", "/api/openapi.json", key=None)
     assert answer.code == 200 and answer.body["openapi"].startswith("3.")
+    metrics = (await call(api_node, b"GET", "/metrics", key=None)).body.decode()
+    assert 'chat_api_requests_total{call="send",outcome="ok"} 1.0' in metrics
+    assert "chat_api_unauthorized_total 21.0" in metrics
 
 
 # -- the calls ----------------------------------------------------------------
@@ -428,3 +431,38 @@ async def test_presence_across_nodes(two_nodes):
         assert answer.body == {"alice": True, "bob": True, "carol": False}
     finally:
         await close(alice, bob)
+
+
+def test_a_backends_keep_alive_connection_is_not_evicted_as_pending(tmp_path):
+    """Connections that have not signed in are capped (the oldest makes
+    room); one that presented the API key no longer counts among them."""
+    node = ServerProcess.twistd(
+        "--storage",
+        "memory",
+        "--max-pending-connections",
+        "2",
+        "--api-key-file",
+        str(key_file(tmp_path)),
+        cwd=tmp_path,
+    )
+    headers = {"Authorization": f"Bearer {KEY}"}
+    backend = http.client.HTTPConnection("127.0.0.1", node.port, timeout=10)
+    others = []
+    try:
+        backend.request("GET", "/api/presence?ids=a", headers=headers)
+        assert backend.getresponse().read() == b'{"a":false}'
+        for _ in range(3):  # each admitted, and still pending, once answered
+            other = http.client.HTTPConnection("127.0.0.1", node.port, timeout=10)
+            other.request("GET", "/health")
+            assert other.getresponse().read() == b'{"status":"ok"}'
+            others.append(other)
+        backend.request("GET", "/api/presence?ids=b", headers=headers)
+        assert backend.getresponse().read() == b'{"b":false}'
+        # The first of the others was evicted to make room for the third.
+        with pytest.raises((ConnectionError, http.client.RemoteDisconnected)):
+            others[0].request("GET", "/health")
+            others[0].getresponse().read()
+    finally:
+        for connection in (backend, *others):
+            connection.close()
+        node.stop()
