@@ -103,7 +103,7 @@ def make_service(options: Options, reactor: Any = None) -> IService:
         log.info("sign-in: JWTs checked with {authorizer!r}", authorizer=options.jwt_authorizer)
         storage = AuthorizerOverride(storage, options.jwt_authorizer)
     if options.api_keys:
-        log.info("server API on /api ({n} keys)", n=len(options.api_keys))
+        log.info("server API on /api, keys in use: {n}", n=len(options.api_keys))
     cluster = None
     if options["redis"]:
         from chatserver.cluster import RedisCluster
