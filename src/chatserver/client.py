@@ -9,11 +9,12 @@ push = await client.next_push("chatMessage")
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol, connectWS
 from twisted.internet import reactor as global_reactor
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import ITCPTransport
 from twisted.python.failure import Failure
 
 from chatserver.wire import decode, encode
@@ -44,7 +45,7 @@ class _Inbox:
 
     def __init__(self) -> None:
         self.frames: deque[Any] = deque()
-        self.waiters: deque[Deferred] = deque()
+        self.waiters: deque[Deferred[Any]] = deque()
 
     def put(self, frame: Any) -> None:
         while self.waiters:
@@ -54,10 +55,10 @@ class _Inbox:
                 return
         self.frames.append(frame)
 
-    def get(self, timeout: float, clock: Any) -> Deferred:
+    def get(self, timeout: float, clock: Any) -> Deferred[Any]:
         if self.frames:
             return succeed(self.frames.popleft())
-        waiter: Deferred = Deferred()
+        waiter: Deferred[Any] = Deferred()
         self.waiters.append(waiter)
         return waiter.addTimeout(timeout, clock)
 
@@ -77,38 +78,38 @@ class ChatClientProtocol(WebSocketClientProtocol):
     def __init__(self) -> None:
         super().__init__()
         self._next_id = 0
-        self._pending: dict[object, Deferred] = {}
+        self._pending: dict[object, Deferred[Any]] = {}
         self._pushes: dict[str, _Inbox] = {}
         self._unmatched = _Inbox()
         self.close_info: tuple[int | None, str | None] | None = None
-        self.closed: Deferred = Deferred()
+        self.closed: Deferred[tuple[int | None, str | None]] = Deferred()
 
     # -- requests ----------------------------------------------------------
 
-    def request(self, action: str, data: Any = None) -> Deferred:
+    def request(self, action: str, data: Any = None) -> Deferred[Any]:
         """Send a request; fire with its reply's ``data`` or fail with
         L{RequestFailed} (an error reply) or L{ConnectionClosed}."""
         if self.close_info is not None:
             return fail(ConnectionClosed(*self.close_info))
         self._next_id += 1
         request_id = self._next_id
-        d: Deferred = Deferred()
+        d: Deferred[Any] = Deferred()
         self._pending[request_id] = d
         self.sendMessage(
             encode({"type": action, "data": {} if data is None else data, "id": request_id})
         )
         return d.addTimeout(self.timeout, self.factory.reactor)
 
-    def authorize(self, **credentials: Any) -> Deferred:
+    def authorize(self, **credentials: Any) -> Deferred[Any]:
         return self.request("authorize", credentials)
 
-    def send(self, message: dict) -> Deferred:
+    def send(self, message: dict[str, Any]) -> Deferred[Any]:
         return self.request("create", message)
 
-    def get_messages(self, **query: Any) -> Deferred:
+    def get_messages(self, **query: Any) -> Deferred[Any]:
         return self.request("getMessages", query)
 
-    def read(self, message_id: str) -> Deferred:
+    def read(self, message_id: str) -> Deferred[Any]:
         return self.request("read", {"id": message_id})
 
     def send_raw(self, payload: bytes, is_binary: bool = False) -> None:
@@ -117,17 +118,17 @@ class ChatClientProtocol(WebSocketClientProtocol):
 
     # -- incoming ----------------------------------------------------------
 
-    def next_push(self, event_type: str, timeout: float | None = None) -> Deferred:
+    def next_push(self, event_type: str, timeout: float | None = None) -> Deferred[Any]:
         """Fire with the ``data`` of the next push of ``event_type``."""
         inbox = self._pushes.setdefault(event_type, _Inbox())
         return inbox.get(self.timeout if timeout is None else timeout, self.factory.reactor)
 
-    def pending_pushes(self, event_type: str) -> list:
+    def pending_pushes(self, event_type: str) -> list[Any]:
         """Pushes of ``event_type`` received and not yet taken."""
         inbox = self._pushes.get(event_type)
         return list(inbox.frames) if inbox else []
 
-    def next_unmatched(self, timeout: float | None = None) -> Deferred:
+    def next_unmatched(self, timeout: float | None = None) -> Deferred[Any]:
         """Fire with the next reply whose id matches no request of ours."""
         return self._unmatched.get(
             self.timeout if timeout is None else timeout, self.factory.reactor
@@ -135,7 +136,8 @@ class ChatClientProtocol(WebSocketClientProtocol):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.transport.setTcpNoDelay(True)  # see ChatServerProtocol.connectionMade
+        # connect() always dials TCP. See ChatServerProtocol.connectionMade.
+        cast(ITCPTransport, self.transport).setTcpNoDelay(True)
 
     def onOpen(self) -> None:
         self.factory.opened.callback(self)
@@ -171,7 +173,7 @@ class _ClientFactory(WebSocketClientFactory):
 
     def __init__(self, url: str, reactor: Any, **kwargs: Any) -> None:
         super().__init__(url, reactor=reactor, **kwargs)
-        self.opened: Deferred = Deferred()
+        self.opened: Deferred[ChatClientProtocol] = Deferred()
 
     def clientConnectionFailed(self, connector: Any, reason: Failure) -> None:
         if not self.opened.called:
@@ -184,7 +186,7 @@ def connect(
     timeout: float = DEFAULT_TIMEOUT,
     headers: dict[str, str] | None = None,
     tls: Any = None,
-) -> Deferred:
+) -> Deferred[ChatClientProtocol]:
     """Open a connection to a chat server.
 
     @param headers: extra handshake headers, e.g. C{{"Origin": ...}}.

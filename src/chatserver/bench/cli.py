@@ -196,7 +196,8 @@ def parser() -> argparse.ArgumentParser:
 def suite(args: argparse.Namespace) -> str:
     """The suite the options ask for."""
     if args.suite:
-        return args.suite
+        chosen: str = args.suite
+        return chosen
     return "seed" if args.compare or args.compare_command else "standard"
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from functools import partial
 from typing import Any
 
 from chatserver.bench.report import table
@@ -45,22 +46,21 @@ def seed_suite(
     seconds = duration if duration is not None else (3.0 if quick else 10.0)
     many = 1000 if quick else 5000
     inflight = inflight or 10
-    common = {"duration": seconds, "burst": burst}
+    scenario = partial(Scenario, duration=seconds, burst=burst)
     return [
-        Scenario("open", users=100, rate=5000, **common),
-        Scenario(
+        scenario("open", users=100, rate=5000),
+        scenario(
             "direct",
             users=100,
             senders=100,
             inflight=inflight,
             # The duration ends the loop, not the budget.
             messages=1_000_000,
-            **common,
         ),
-        Scenario("open", users=many, rate=5000, **common),
-        Scenario("group", users=1000, group_size=group_size, rate=500, **common),
-        Scenario("storm", users=storm_clients or many, **common),
-        Scenario("open", users=1000, rate=2000, **common),
+        scenario("open", users=many, rate=5000),
+        scenario("group", users=1000, group_size=group_size, rate=500),
+        scenario("storm", users=storm_clients or many),
+        scenario("open", users=1000, rate=2000),
     ]
 
 

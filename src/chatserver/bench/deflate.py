@@ -65,7 +65,11 @@ class Figures:
     rss_kb_per_connection: float | None
 
 
-def chat_traffic(count: int, seed: int = 1) -> list[tuple[bytes, bytes, bytes]]:
+#: One direct message's payloads: the request, the reply and the push.
+Exchange = tuple[bytes, bytes, bytes]
+
+
+def chat_traffic(count: int, seed: int = 1) -> list[Exchange]:
     """``count`` direct messages as (request, reply, push) frames' payloads."""
     rng = random.Random(seed)
     clock = Timestamps()
@@ -101,26 +105,32 @@ class _Context:
     def __init__(self, mode: str) -> None:
         fresh = mode == "no context takeover"
         self.server = PerMessageDeflate(True, fresh, fresh, 0, 0, 0, MAX_MESSAGE_BYTES)
-        self.client = PerMessageDeflate(False, fresh, fresh, 0, 0, 0)
+        self.client: PerMessageDeflate | None = PerMessageDeflate(False, fresh, fresh, 0, 0, 0)
 
     @staticmethod
     def deflate(side: PerMessageDeflate, payload: bytes) -> bytes:
         side.start_compress_message()
-        return side.compress_message_data(payload) + side.end_compress_message()
+        compressed: bytes = side.compress_message_data(payload) + side.end_compress_message()
+        return compressed
+
+    def deflate_as_client(self, payload: bytes) -> bytes:
+        """``payload`` compressed as this connection's client sends it."""
+        assert self.client is not None, "the client's half was dropped"
+        return self.deflate(self.client, payload)
 
     def inflate(self, payload: bytes) -> bytes:
         self.server.start_decompress_message()
-        data = self.server.decompress_message_data(payload)
+        data: bytes = self.server.decompress_message_data(payload)
         self.server.end_decompress_message()
         return data
 
 
-def _pairs(traffic: list[tuple[bytes, bytes, bytes]]) -> Iterator[tuple[int, int, tuple]]:
+def _pairs(traffic: list[Exchange]) -> Iterator[tuple[int, int, Exchange]]:
     for n, frames in enumerate(traffic):
         yield n % 2, 1 - n % 2, frames
 
 
-def measure_messages(mode: str, traffic: list[tuple[bytes, bytes, bytes]]) -> tuple:
+def measure_messages(mode: str, traffic: list[Exchange]) -> tuple[float, float, float]:
     """Bytes each way and server CPU per message, for two users taking turns."""
     if mode == "off":
         up = sum(frame_bytes(len(r), masked=True) for r, _, _ in traffic)
@@ -128,13 +138,13 @@ def measure_messages(mode: str, traffic: list[tuple[bytes, bytes, bytes]]) -> tu
         return up / len(traffic), down / len(traffic), 0.0
     # What the clients send, compressed ahead: only the server's work is timed.
     contexts = [_Context(mode), _Context(mode)]
-    sent = [_Context.deflate(contexts[s].client, r) for s, _, (r, _, _) in _pairs(traffic)]
+    sent = [contexts[s].deflate_as_client(r) for s, _, (r, _, _) in _pairs(traffic)]
     up = sum(frame_bytes(len(z), masked=True) for z in sent)
     down = 0
     best = float("inf")
     for _ in range(5):
         contexts = [_Context(mode), _Context(mode)]
-        sent = [_Context.deflate(contexts[s].client, r) for s, _, (r, _, _) in _pairs(traffic)]
+        sent = [contexts[s].deflate_as_client(r) for s, _, (r, _, _) in _pairs(traffic)]
         out = []
         started = time.process_time()
         for (sender, recipient, (_, answer, pushed)), compressed in zip(
@@ -148,7 +158,7 @@ def measure_messages(mode: str, traffic: list[tuple[bytes, bytes, bytes]]) -> tu
     return up / len(traffic), down / len(traffic), best / len(traffic) * 1e6
 
 
-def measure_push(mode: str, traffic: list[tuple[bytes, bytes, bytes]], recipients: int) -> float:
+def measure_push(mode: str, traffic: list[Exchange], recipients: int) -> float:
     """Server CPU to deflate one push for one recipient of a group."""
     if mode == "off":
         return 0.0
@@ -175,7 +185,9 @@ def _rss_kb() -> float | None:
     return None
 
 
-def measure_memory(mode: str, traffic: list, connections: int, per_connection: int) -> float | None:
+def measure_memory(
+    mode: str, traffic: list[Exchange], connections: int, per_connection: int
+) -> float | None:
     """RSS per connection holding a compression context (the server's side)."""
     if mode == "off":
         return 0.0
@@ -186,7 +198,7 @@ def measure_memory(mode: str, traffic: list, connections: int, per_connection: i
         context = _Context(mode)
         for n in range(per_connection):
             request, answer, _ = traffic[(c * 31 + n) % len(traffic)]
-            context.inflate(_Context.deflate(context.client, request))
+            context.inflate(context.deflate_as_client(request))
             _Context.deflate(context.server, answer)
         context.client = None  # the client's half lives elsewhere
         kept.append(context)
@@ -201,7 +213,7 @@ def run(messages: int, connections: int, per_connection: int) -> list[Figures]:
     traffic = chat_traffic(messages)
     for _, _, pushed in traffic[:50]:  # the measured code must give back what it was given
         context = _Context("context takeover")
-        assert context.inflate(_Context.deflate(context.client, pushed)) == pushed
+        assert context.inflate(context.deflate_as_client(pushed)) == pushed
     results = []
     for mode in MODES:
         up, down, cpu = measure_messages(mode, traffic)
@@ -218,7 +230,7 @@ def run(messages: int, connections: int, per_connection: int) -> list[Figures]:
     return results
 
 
-def table(results: list[Figures], traffic: list) -> str:
+def table(results: list[Figures], traffic: list[Exchange]) -> str:
     text = sum(len(t) for t in (json.loads(r)["data"]["text"] for r, _, _ in traffic))
     off = results[0]
     lines = [

@@ -161,6 +161,7 @@ class _Traffic(_Phase):
         sender = client.index
         if self.kind == "group":
             group = self.population.group_of(sender)
+            assert group is not None, "a group load sends only from group members"
             counts = self.group_counts[group]
             for worker, count in enumerate(counts):
                 self.sent_to[worker] += count
@@ -253,8 +254,10 @@ class _Traffic(_Phase):
             self._maybe_drained()
 
     def _maybe_drained(self) -> None:
+        expected = self.expected_deliveries
         if (
-            self.delivered >= self.expected_deliveries
+            expected is not None
+            and self.delivered >= expected
             and self.echoes >= self.expected_echoes
             and not self.drained.done()
         ):

@@ -15,8 +15,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import IO, Any, cast
 
 from chatserver.bench.loadgen import worker_main
 from chatserver.bench.population import Population
@@ -44,7 +45,7 @@ def unthrottled_options() -> list[str]:
     """
     from chatserver.options import Options
 
-    names = {parameter[0] for parameter in Options.optParameters}
+    names = {param[0] for param in Options.optParameters if isinstance(param, list)}
     if not {"rate", "burst"} <= names:
         return []
     return [f"--rate={UNTHROTTLED_RATE}", f"--burst={UNTHROTTLED_RATE}"]
@@ -131,7 +132,7 @@ class CommandServer(Target):
             raise ValueError(f"the command of {label!r} must say where {{port}} goes")
         self.label = label
         self.process: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
+        self._log: IO[bytes] | None = None
 
     def argv(self, port: int, population: Population) -> list[str]:
         """The command for this port and population."""
@@ -215,7 +216,8 @@ def free_port() -> int:
     """A loopback TCP port nothing listens on (for servers that need a fixed one)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 class RedisServer:
@@ -302,7 +304,7 @@ class LocalServer(Target):
         self.claimed_ids = claimed_ids
         self.extra_args = [*unthrottled_options(), *(extra_args or [])]
         self.process: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
+        self._log: IO[bytes] | None = None
         self.workers = workers
         self.redis = redis
         if workers > 1:
@@ -370,9 +372,9 @@ class LocalServer(Target):
             if self.process.poll() is not None:
                 break
             time.sleep(0.05)  # polling the log of a process we just started
-        log = self.log().decode(errors="replace")
+        text = self.log().decode(errors="replace")
         self.end()
-        raise BenchError(f"the server did not start:\n{log[-4000:]}")
+        raise BenchError(f"the server did not start:\n{text[-4000:]}")
 
     def log(self) -> bytes:
         """Everything the server has logged so far."""
@@ -422,7 +424,9 @@ class Generators:
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes]
 
-    def call(self, commands: list[dict[str, Any] | None], timeout: float) -> list[dict[str, Any]]:
+    def call(
+        self, commands: Sequence[dict[str, Any] | None], timeout: float
+    ) -> list[dict[str, Any]]:
         """Send ``commands[i]`` to process ``i`` (none where it is C{None}), all
         at once, and gather the answers.
 
@@ -440,7 +444,9 @@ class Generators:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BenchError(f"load generator did not answer within {timeout:.0f} s")
-            for pipe in wait(list(waiting), timeout=min(remaining, 1.0)):
+            # wait() answers with some of the objects it was given: our pipes.
+            ready = cast(list[Connection], wait(list(waiting), timeout=min(remaining, 1.0)))
+            for pipe in ready:
                 index = waiting.pop(pipe)
                 try:
                     answer = pipe.recv()

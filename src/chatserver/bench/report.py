@@ -58,16 +58,18 @@ def _group_push(results: list[Result]) -> tuple[str, bool] | None:
 
 def _idle_memory(results: list[Result]) -> tuple[str, bool] | None:
     measured = [
-        r for r in results if r.target == "chatserver" and r.rss_per_connection_kb is not None
+        (r, rss)
+        for r in results
+        if r.target == "chatserver" and (rss := r.rss_per_connection_kb) is not None
     ]
     if not measured:
         return None
-    r = max(measured, key=lambda r: r.connections)
+    r, rss = max(measured, key=lambda m: m[0].connections)
     if r.connections < 1000:
         return None  # a few pages of RSS would swamp the figure
     return (
-        f"{r.rss_per_connection_kb:.1f} KB ({r.connections} conns)",
-        r.rss_per_connection_kb <= 10,
+        f"{rss:.1f} KB ({r.connections} conns)",
+        rss <= 10,
     )
 
 
@@ -300,14 +302,16 @@ def render(results: list[Result], machine: dict[str, Any]) -> str:
                 ],
             )
         )
-    profiles = [r for r in results if r.profile and r.profile.endswith(".txt")]
-    for r in profiles:
-        parts.append(f"\nProfile of {r.target} {r.scenario}: {r.profile}\n")
-        parts.append(summarize_profile(Path(r.profile)))
+    for r in results:
+        if r.profile and r.profile.endswith(".txt"):
+            parts.append(f"\nProfile of {r.target} {r.scenario}: {r.profile}\n")
+            parts.append(summarize_profile(Path(r.profile)))
     return "\n".join(parts) + "\n"
 
 
-def document(results: list[Result], machine: dict[str, Any], settings: dict[str, Any]) -> dict:
+def document(
+    results: list[Result], machine: dict[str, Any], settings: dict[str, Any]
+) -> dict[str, Any]:
     """The JSON document: the same figures as the tables."""
     return {
         "machine": machine,

@@ -347,7 +347,8 @@ class Runner:
     def _gc_stats(self, target: Target, reset: bool) -> dict[str, Any] | None:
         if not target.collects:
             return None
-        return self._ask(target, GC_STATS_ACTION, {"reset": reset})
+        stats: dict[str, Any] = self._ask(target, GC_STATS_ACTION, {"reset": reset})
+        return stats
 
     def _profiler(self, target: Target) -> Profiler:
         """py-spy on ``target`` if profiles were asked for and it runs Python."""

@@ -28,7 +28,8 @@ import random
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.interfaces import IReactorCore
@@ -43,6 +44,8 @@ from chatserver.storage.sqlite import (
     open_database,
 )
 from chatserver.testing.conformance import timestamp
+
+T = TypeVar("T")
 
 DIRECT = ["alice", "bob"]
 GROUP = ["alice", "general"]
@@ -63,7 +66,7 @@ def alice_partners(conversations: int) -> int:
     return max(1, conversations - 2 - ALICE_GROUPS)
 
 
-def generate(count: int, conversations: int, seed: int = 1) -> Iterator[dict]:
+def generate(count: int, conversations: int, seed: int = 1) -> Iterator[dict[str, Any]]:
     """``count`` messages, oldest first, 10 ms apart."""
     rng = random.Random(seed)
     pairs = [(f"u{rng.randrange(USERS)}", f"u{rng.randrange(USERS)}") for _ in range(PAIRS)]
@@ -71,7 +74,10 @@ def generate(count: int, conversations: int, seed: int = 1) -> Iterator[dict]:
     to_partners = to_groups = 0
     for i in range(count):
         roll = rng.random()
-        message = {"text": TEXT[: rng.randrange(10, len(TEXT))], "createdAt": timestamp(i * 10)}
+        message: dict[str, Any] = {
+            "text": TEXT[: rng.randrange(10, len(TEXT))],
+            "createdAt": timestamp(i * 10),
+        }
         if roll < TARGET_SHARE:
             message.update({"from": DIRECT[i % 2], "to": DIRECT[1 - i % 2]})
         elif roll < 2 * TARGET_SHARE:
@@ -165,14 +171,16 @@ def percentile(samples: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-async def timed(call: object, query: dict, queries: int) -> tuple[list[float], object]:
+async def timed(
+    call: Callable[[dict[str, Any]], Awaitable[T]], query: dict[str, Any], queries: int
+) -> tuple[list[float], T]:
     """Run ``call(query)`` once to warm the cache, then ``queries`` times,
     one at a time; return the times in ms and the last answer."""
-    result = await call(query)  # type: ignore[operator]
+    result = await call(query)
     times = []
     for _ in range(queries):
         started = time.perf_counter()
-        result = await call(query)  # type: ignore[operator]
+        result = await call(query)
         times.append((time.perf_counter() - started) * 1000)
     return times, result
 
@@ -243,7 +251,7 @@ async def conversations(storage: SQLiteStorage, queries: int) -> None:
         for start, label in ((None, "first"), (cursor, f"after {offset:,}")):
             query = {"userId": "alice", "limit": limit, "before": start}
             times, page = await timed(storage.getConversations, query, queries)
-            rows = len(page["conversations"])  # type: ignore[index]
+            rows = len(page["conversations"])
             print(row("getConversations", f"{limit} {label}", rows, times))
 
 
@@ -260,7 +268,7 @@ async def creates(reactor: IReactorCore, count: int) -> None:
                     pairs = [
                         (f"u{rng.randrange(1000)}", f"u{rng.randrange(1000)}") for _ in range(2000)
                     ]
-                    sent = [
+                    sent: list[dict[str, Any]] = [
                         {"from": a, "to": b}
                         for a, b in (pairs[rng.randrange(len(pairs))] for _ in range(count))
                     ]

@@ -18,7 +18,7 @@ import base64
 import hashlib
 import os
 from random import getrandbits
-from typing import Protocol
+from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -122,7 +122,8 @@ class WebSocketClient(asyncio.Protocol):
         self._accept = base64.b64encode(hashlib.sha1(self._key + _GUID).digest())
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # A TCP connection's transport: a full, writable asyncio.Transport.
+        self.transport = tcp = cast(asyncio.Transport, transport)
         request = (
             f"GET {self._path} HTTP/1.1\r\n"
             f"Host: {self._host}\r\n"
@@ -131,11 +132,13 @@ class WebSocketClient(asyncio.Protocol):
             f"Sec-WebSocket-Key: {self._key.decode()}\r\n"
             "Sec-WebSocket-Version: 13\r\n\r\n"
         )
-        transport.write(request.encode())
+        tcp.write(request.encode())
 
     def send_text(self, payload: bytes) -> None:
-        """Send one text message (``payload`` is UTF-8 JSON)."""
-        self.transport.write(_masked_frame(_OP_TEXT, payload))
+        """Send one text message (``payload`` is UTF-8 JSON), once :attr:`opened` is done."""
+        transport = self.transport
+        assert transport is not None, "send_text before the connection was made"
+        transport.write(_masked_frame(_OP_TEXT, payload))
 
     def close(self) -> None:
         """Send a closing frame (1000) and close the TCP connection."""
@@ -152,7 +155,7 @@ class WebSocketClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._handshake is not None:
-            data = self._handshake_received(data)
+            data = self._handshake_received(self._handshake, data)
             if not data:
                 return
         if self._buffer:
@@ -188,7 +191,7 @@ class WebSocketClient(asyncio.Protocol):
                 sink.text_received(self, payload)
             elif opcode in (_OP_TEXT, _OP_BINARY, _OP_CONTINUATION):
                 self._fragment(first, opcode, payload)
-            elif opcode == _OP_PING:
+            elif opcode == _OP_PING and self.transport is not None:
                 self.transport.write(_masked_frame(_OP_PONG, payload))
             elif opcode == _OP_CLOSE:
                 self.close()
@@ -207,8 +210,8 @@ class WebSocketClient(asyncio.Protocol):
             self._fragments = None
             self.sink.text_received(self, message)
 
-    def _handshake_received(self, data: bytes) -> bytes:
-        buffered = self._handshake + data
+    def _handshake_received(self, handshake: bytes, data: bytes) -> bytes:
+        buffered = handshake + data
         head, sep, rest = buffered.partition(b"\r\n\r\n")
         if not sep:
             if len(buffered) > MAX_HANDSHAKE_BYTES:

@@ -39,7 +39,9 @@ from chatserver.storage.pages import (
 InboxKey = tuple[bool, str]
 
 
-def conversation_key(message_or_ids: Mapping | list, is_group: bool) -> tuple[str, ...]:
+def conversation_key(
+    message_or_ids: Mapping[str, Any] | list[Any], is_group: bool
+) -> tuple[str, ...]:
     """The key one conversation's messages are filed under.
 
     A group conversation is every message sent to the group; a direct one is
@@ -55,11 +57,12 @@ def conversation_key(message_or_ids: Mapping | list, is_group: bool) -> tuple[st
     return ("direct", a, b) if a <= b else ("direct", b, a)
 
 
-def _created_at(message: Mapping) -> str:
-    return message["createdAt"]
+def _created_at(message: Mapping[str, Any]) -> str:
+    created_at: str = message["createdAt"]
+    return created_at
 
 
-def _position(message: Mapping) -> Position:
+def _position(message: Mapping[str, Any]) -> Position:
     return message["createdAt"], int(message["_id"])
 
 
@@ -113,7 +116,7 @@ class MemoryStorage:
 
     def __init__(
         self,
-        users: Mapping[str, Mapping] | None = None,
+        users: Mapping[str, Mapping[str, Any]] | None = None,
         groups: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         """
@@ -122,21 +125,21 @@ class MemoryStorage:
             :meth:`authorize_as` takes them.
         :param groups: group id → member ids.
         """
-        self._accounts: dict[str, dict] = {}  # user id → what authorize answers
+        self._accounts: dict[str, dict[str, Any]] = {}  # user id → what authorize answers
         self._account_ids: list[str] = []  # sorted
         self._token_owner: dict[bytes, str] = {}  # token hash → user id
         self._tokens_of: dict[str, set[bytes]] = {}
         self._groups: dict[str, _Group] = {}
         self._group_ids: list[str] = []  # sorted
         self._groups_of: dict[str, list[str]] = {}  # user id → sorted group ids
-        self._messages: dict[str, dict] = {}
-        self._conversations: dict[tuple[str, ...], list[dict]] = {}
-        self._by_client_id: dict[tuple[str, str], dict] = {}
+        self._messages: dict[str, dict[str, Any]] = {}
+        self._conversations: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        self._by_client_id: dict[tuple[str, str], dict[str, Any]] = {}
         self._next_seq = count(1)
         # Each user's conversations, in the order of their last message
         # (oldest first) unless the user is in _unsorted: an out-of-order
         # createdAt is sorted out when the list is next read.
-        self._inbox: dict[str, dict[InboxKey, list]] = {}
+        self._inbox: dict[str, dict[InboxKey, list[Any]]] = {}
         self._unsorted: set[str] = set()
         self._newest: dict[str, Position] = {}
         self._partners: dict[str, list[str]] = {}  # direct contacts; sorted when read
@@ -152,7 +155,7 @@ class MemoryStorage:
 
     # Accounts
 
-    def authorize_as(self, token: object, user: Mapping) -> None:
+    def authorize_as(self, token: object, user: Mapping[str, Any]) -> None:
         """Let ``token`` authorize as ``user``, any object carrying ``id`` or
         ``_id`` (and, for the directory, ``name``): :meth:`authorize` answers
         with a copy of it. A user may have several such tokens."""
@@ -208,7 +211,7 @@ class MemoryStorage:
         self._revoked.append(user_id)
         return succeed(token)
 
-    def get_user(self, user_id: str) -> Deferred[dict | None]:
+    def get_user(self, user_id: str) -> Deferred[dict[str, Any] | None]:
         return succeed(self._user(user_id) if user_id in self._accounts else None)
 
     def remove_user(self, user_id: str) -> Deferred[bool]:
@@ -230,7 +233,9 @@ class MemoryStorage:
         self._revoked.append(str(user_id))
         return succeed(None)
 
-    def list_all_users(self, after: str | None = None, limit: int = 100) -> Deferred[list[dict]]:
+    def list_all_users(
+        self, after: str | None = None, limit: int = 100
+    ) -> Deferred[list[dict[str, Any]]]:
         return succeed([self._user(u) for u in slice_after(self._account_ids, after, limit)])
 
     def add_group(
@@ -246,7 +251,7 @@ class MemoryStorage:
             return fail(e)
         return succeed(None)
 
-    def get_group(self, group_id: str) -> Deferred[dict | None]:
+    def get_group(self, group_id: str) -> Deferred[dict[str, Any] | None]:
         group = self._groups.get(group_id)
         return succeed(self._group(group_id, group) if group is not None else None)
 
@@ -280,11 +285,13 @@ class MemoryStorage:
         self._remove_member(group_id, user_id)
         return succeed(True)
 
-    def list_all_groups(self, after: str | None = None, limit: int = 100) -> Deferred[list[dict]]:
+    def list_all_groups(
+        self, after: str | None = None, limit: int = 100
+    ) -> Deferred[list[dict[str, Any]]]:
         page = slice_after(self._group_ids, after, limit)
         return succeed([self._group(g, self._groups[g]) for g in page])
 
-    def _user(self, user_id: str) -> dict:
+    def _user(self, user_id: str) -> dict[str, Any]:
         return {"id": user_id, "name": self._name(user_id)}
 
     def _name(self, user_id: str) -> str:
@@ -293,7 +300,7 @@ class MemoryStorage:
         return str(name) if name else user_id
 
     @staticmethod
-    def _group(group_id: str, group: _Group) -> dict:
+    def _group(group_id: str, group: _Group) -> dict[str, Any]:
         return {"id": group_id, "name": group.name or group_id, "members": list(group.members)}
 
     def _set_group(self, group_id: str, member_ids: Iterable[str], name: str | None) -> None:
@@ -331,7 +338,7 @@ class MemoryStorage:
 
     # IAuthorizer
 
-    def authorize(self, credentials: dict) -> Deferred[dict | None]:
+    def authorize(self, credentials: dict[str, Any]) -> Deferred[dict[str, Any] | None]:
         token = credentials.get("token") if isinstance(credentials, dict) else None
         if token is None or token == "":
             return succeed(None)
@@ -340,7 +347,7 @@ class MemoryStorage:
 
     # IMessageStore
 
-    def create(self, message: dict) -> Deferred[dict]:
+    def create(self, message: dict[str, Any]) -> Deferred[dict[str, Any]]:
         client_id = message.get("clientMessageId")
         if client_id is not None:
             dedupe_key = (message["from"], _client_key(client_id))
@@ -377,7 +384,7 @@ class MemoryStorage:
         user_ids: Iterable[str],
         key: InboxKey,
         sender: str,
-        message: dict,
+        message: dict[str, Any],
         position: Position,
         seq: int,
     ) -> None:
@@ -409,7 +416,7 @@ class MemoryStorage:
             else:  # the clock went back: sorted when next read
                 self._unsorted.add(user_id)
 
-    def getMessages(self, query: dict) -> Deferred[list[dict]]:
+    def getMessages(self, query: dict[str, Any]) -> Deferred[list[dict[str, Any]]]:
         key = conversation_key(list(query["ids"]), bool(query.get("isGroup")))
         history = self._conversations.get(key, [])
         skip, limit = query.get("skip", 0), query.get("limit", 10)
@@ -428,7 +435,7 @@ class MemoryStorage:
         start = at + 1 + skip
         return succeed(history[start : start + limit])
 
-    def read(self, messageId: str, userId: str) -> Deferred[dict | None]:
+    def read(self, messageId: str, userId: str) -> Deferred[dict[str, Any] | None]:
         message = self._messages.get(str(messageId))
         if message is None or message["from"] == userId:
             return succeed(None)
@@ -456,13 +463,13 @@ class MemoryStorage:
 
     # IGroupDirectory
 
-    def getGroupUserIds(self, data: dict) -> Deferred[list[str]]:
+    def getGroupUserIds(self, data: dict[str, Any]) -> Deferred[list[str]]:
         group = self._groups.get(str(data["groupId"]))
         return succeed(list(group.members) if group is not None else [])
 
     # IConversationStore
 
-    def getConversations(self, query: dict) -> Deferred[dict]:
+    def getConversations(self, query: dict[str, Any]) -> Deferred[dict[str, Any]]:
         user_id = str(query["userId"])
         limit = page_limit(query, 20)
         try:
@@ -477,7 +484,7 @@ class MemoryStorage:
                 sorted(inbox.items(), key=lambda item: item[1][_POSITION])
             )
             self._unsorted.discard(user_id)
-        page: list[tuple[Position, dict]] = []
+        page: list[tuple[Position, dict[str, Any]]] = []
         for (is_group, other), entry in reversed(inbox.items()):
             if start is not None and entry[_POSITION] >= start:
                 continue
@@ -494,16 +501,16 @@ class MemoryStorage:
 
     # IUserDirectory
 
-    def listUsers(self, query: dict) -> Deferred[list[dict]]:
+    def listUsers(self, query: dict[str, Any]) -> Deferred[list[dict[str, Any]]]:
         page = slice_after(self._account_ids, page_after(query), page_limit(query))
         return succeed([self._user(user_id) for user_id in page])
 
-    def listGroups(self, query: dict) -> Deferred[list[dict]]:
+    def listGroups(self, query: dict[str, Any]) -> Deferred[list[dict[str, Any]]]:
         mine = self._groups_of.get(str(query["userId"]), [])
         page = slice_after(mine, page_after(query), page_limit(query))
         return succeed([{"id": g, "name": self._groups[g].name or g} for g in page])
 
-    def listContacts(self, query: dict) -> Deferred[list[dict]]:
+    def listContacts(self, query: dict[str, Any]) -> Deferred[list[dict[str, Any]]]:
         user_id, after, limit = str(query["userId"]), page_after(query), page_limit(query)
         sources = [
             slice_after(self._groups[g].sorted_members, after, limit + 1)
@@ -517,7 +524,7 @@ class MemoryStorage:
             sources.append(slice_after(partners, after, limit + 1))
         return succeed([self._user(c) for c in merge_ids(sources, user_id, limit)])
 
-    def getUsers(self, userIds: list) -> Deferred[dict[str, dict]]:
+    def getUsers(self, userIds: list[Any]) -> Deferred[dict[str, dict[str, Any]]]:
         known = (str(u) for u in userIds)
         return succeed({u: self._user(u) for u in known if u in self._accounts})
 

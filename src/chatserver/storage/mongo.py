@@ -68,6 +68,7 @@ from pymongo.errors import (
     OperationFailure,
     WTimeoutError,
 )
+from pymongo.results import DeleteResult, UpdateResult
 from pymongo.uri_parser import parse_uri
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
@@ -182,7 +183,7 @@ def conversation_entry_id(user_id: str, key: str) -> str:
     return json.dumps([user_id, key], ensure_ascii=False, separators=(",", ":"))
 
 
-def _public(doc: dict) -> dict:
+def _public(doc: dict[str, Any]) -> dict[str, Any]:
     """A stored document as handed to the server: ``_id`` as a string."""
     return {**doc, "_id": str(doc["_id"])}
 
@@ -291,7 +292,7 @@ async def page_beyond(
     newer: bool,
     count: int,
     projection: dict[str, int] | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """The first ``count`` documents of ``selector`` past the position (at,
     tie) in the order (at, tie): newer ones oldest first, or older ones
     newest first.
@@ -306,7 +307,7 @@ async def page_beyond(
         (qf.ASCENDING if newer else qf.DESCENDING)(at_field)
         + (qf.ASCENDING if newer else qf.DESCENDING)(tie_field)
     )
-    same = await collection.find(
+    same: list[dict[str, Any]] = await collection.find(
         {**selector, at_field: at_value, tie_field: {past: tie_value}},
         projection=projection,
         sort=order,
@@ -314,7 +315,7 @@ async def page_beyond(
     )
     if len(same) >= count:
         return same
-    rest = await collection.find(
+    rest: list[dict[str, Any]] = await collection.find(
         {**selector, at_field: {past: at_value}},
         projection=projection,
         sort=order,
@@ -337,7 +338,7 @@ def _page_after(query: Mapping[str, Any]) -> dict[str, str]:
     return {"$gt": "" if after is None else str(after)}
 
 
-def _describe(error: BaseException) -> str:
+def _describe(error: BaseException | None) -> str:
     """Class and code of an error, for logs (no payload: it may hold user data)."""
     if isinstance(error, OperationFailure):
         code_name = (error.details or {}).get("codeName")
@@ -345,7 +346,7 @@ def _describe(error: BaseException) -> str:
     return type(error).__name__
 
 
-def _is_timeout(error: BaseException) -> bool:
+def _is_timeout(error: BaseException | None) -> bool:
     if isinstance(error, TimeExceeded | DeferredTimeoutError | NetworkTimeout):
         return True
     if isinstance(error, ExecutionTimeout | WTimeoutError):
@@ -476,8 +477,8 @@ class MongoStorage(Service):
         if self._reactor is None:
             from twisted.internet import reactor
 
-            self._reactor = reactor  # type: ignore[assignment]
-        return self._reactor  # type: ignore[return-value]
+            self._reactor = reactor
+        return self._reactor
 
     # -- service ----------------------------------------------------------
 
@@ -511,7 +512,8 @@ class MongoStorage(Service):
         self._fire_waiters(MongoStorageError("MongoDB storage stopped"))
         if pool is None:
             return succeed(None)
-        return pool.disconnect()
+        closed: Deferred[None] = pool.disconnect()
+        return closed
 
     def status(self) -> str:
         """Where the store stands, in words for ``/ready`` and logs.
@@ -723,7 +725,7 @@ class MongoStorage(Service):
 
     # -- IAuthorizer ------------------------------------------------------
 
-    def authorize(self, credentials: dict) -> Deferred[dict | None]:
+    def authorize(self, credentials: dict[str, Any]) -> Deferred[dict[str, Any] | None]:
         """The user whose token is ``credentials["token"]`` (a str or int), or None.
 
         The user comes back without its ``tokenHash`` (or any ``token``)
@@ -734,7 +736,7 @@ class MongoStorage(Service):
             return succeed(None)
         token_hash = hash_token(str(token))
 
-        async def op(db: Database) -> dict | None:
+        async def op(db: Database) -> dict[str, Any] | None:
             # Never hand back a token: an application may keep a plaintext
             # one beside the hash (node-chat-server's example did).
             user = await db.users.find_one(
@@ -746,7 +748,7 @@ class MongoStorage(Service):
 
     # -- IMessageStore ----------------------------------------------------
 
-    def create(self, message: dict) -> Deferred[dict]:
+    def create(self, message: dict[str, Any]) -> Deferred[dict[str, Any]]:
         """Store ``message``; fires with it plus its new ``_id``.
 
         A second message from the same sender with the same
@@ -768,7 +770,7 @@ class MongoStorage(Service):
         if client_key is not None:
             document["clientKey"] = client_key
 
-        async def op(db: Database) -> dict:
+        async def op(db: Database) -> dict[str, Any]:
             try:
                 await db.messages.insert_one(document)
             except DuplicateKeyError:
@@ -790,7 +792,9 @@ class MongoStorage(Service):
         # unique index turns a repeat into "return the stored one".
         return self.run(op, name="create", retry=client_key is not None)
 
-    async def _index_message(self, db: Database, message: Mapping, count_unread: bool) -> None:
+    async def _index_message(
+        self, db: Database, message: Mapping[str, Any], count_unread: bool
+    ) -> None:
         """Record ``message`` in the conversation index of everyone in it."""
         sender, to = str(message["from"]), str(message["to"])
         is_group = bool(message.get("isGroup"))
@@ -814,7 +818,7 @@ class MongoStorage(Service):
                 )
         await db.conversations.bulk_write(writes, ordered=False)
 
-    def getMessages(self, query: dict) -> Deferred[list[dict]]:
+    def getMessages(self, query: dict[str, Any]) -> Deferred[list[dict[str, Any]]]:
         """One conversation's messages, newest first, after ``skip``, at most ``limit``.
 
         With ``before`` (a message id of this conversation) the page holds the
@@ -832,7 +836,7 @@ class MongoStorage(Service):
             # MongoDB reads limit 0 as "no limit".
             return succeed([])
 
-        async def op(db: Database) -> list[dict]:
+        async def op(db: Database) -> list[dict[str, Any]]:
             if cursor is None:
                 docs = await db.messages.find(
                     {"conversation": key},
@@ -865,7 +869,7 @@ class MongoStorage(Service):
 
         return self.run(op, name="getMessages")
 
-    def read(self, messageId: str, userId: str) -> Deferred[dict | None]:
+    def read(self, messageId: str, userId: str) -> Deferred[dict[str, Any] | None]:
         """Mark a message read by ``userId``; fires with it, or None.
 
         None when the id is malformed or unknown, or ``userId`` is not a
@@ -879,7 +883,7 @@ class MongoStorage(Service):
             return succeed(None)
         reader = str(userId)
 
-        async def op(db: Database) -> dict | None:
+        async def op(db: Database) -> dict[str, Any] | None:
             # Direct messages first: the common case costs one round trip.
             direct = {"_id": oid, "isGroup": {"$ne": True}, "to": reader, "from": {"$ne": reader}}
             updated = await db.messages.find_one_and_update(
@@ -919,7 +923,9 @@ class MongoStorage(Service):
 
         return self.run(op, name="read")
 
-    async def _count_read(self, db: Database, reader: str, message: dict, group: bool) -> None:
+    async def _count_read(
+        self, db: Database, reader: str, message: dict[str, Any], group: bool
+    ) -> None:
         key = message.pop("conversation", None) or conversation_key(
             [str(message.get("from")), str(message.get("to"))], group
         )
@@ -934,7 +940,7 @@ class MongoStorage(Service):
 
     # -- IGroupDirectory --------------------------------------------------
 
-    def getGroupUserIds(self, data: dict) -> Deferred[list[str]]:
+    def getGroupUserIds(self, data: dict[str, Any]) -> Deferred[list[str]]:
         """The member ids of group ``data["groupId"]``; [] for an unknown group."""
         group_id = data.get("groupId") if isinstance(data, Mapping) else None
         if group_id is None:
@@ -948,7 +954,7 @@ class MongoStorage(Service):
 
     # -- IUserDirectory ---------------------------------------------------
 
-    def listContacts(self, query: dict) -> Deferred[list[dict]]:
+    def listContacts(self, query: dict[str, Any]) -> Deferred[list[dict[str, Any]]]:
         """Users who share a group or a direct conversation with
         ``query["userId"]``, by id, after ``query["after"]``, at most ``limit``.
 
@@ -963,7 +969,7 @@ class MongoStorage(Service):
         if limit == 0:
             return succeed([])
 
-        async def op(db: Database) -> list[dict]:
+        async def op(db: Database) -> list[dict[str, Any]]:
             # One more than a page: the user's conversation with themselves
             # is dropped here (a $ne would keep some planners off the index).
             partners = await db.conversations.find(
@@ -990,14 +996,14 @@ class MongoStorage(Service):
 
         return self.run(op, name="listContacts")
 
-    def listGroups(self, query: dict) -> Deferred[list[dict]]:
+    def listGroups(self, query: dict[str, Any]) -> Deferred[list[dict[str, Any]]]:
         """The groups ``query["userId"]`` is in, by id, after ``query["after"]``."""
         me = str(query["userId"])
         limit = _page_limit(query)
         if limit == 0:
             return succeed([])
 
-        async def op(db: Database) -> list[dict]:
+        async def op(db: Database) -> list[dict[str, Any]]:
             groups = await db.groups.find(
                 {"users": me, "_id": _page_after(query)},
                 projection={"name": 1},
@@ -1008,13 +1014,13 @@ class MongoStorage(Service):
 
         return self.run(op, name="listGroups")
 
-    def listUsers(self, query: dict) -> Deferred[list[dict]]:
+    def listUsers(self, query: dict[str, Any]) -> Deferred[list[dict[str, Any]]]:
         """Every user, by id, after ``query["after"]``, at most ``limit``."""
         limit = _page_limit(query)
         if limit == 0:
             return succeed([])
 
-        async def op(db: Database) -> list[dict]:
+        async def op(db: Database) -> list[dict[str, Any]]:
             users = await db.users.find(
                 {"_id": _page_after(query)}, projection={"name": 1}, sort=_BY_ID, limit=limit
             )
@@ -1022,18 +1028,18 @@ class MongoStorage(Service):
 
         return self.run(op, name="listUsers")
 
-    def getUsers(self, userIds: list) -> Deferred[dict[str, dict]]:
+    def getUsers(self, userIds: list[Any]) -> Deferred[dict[str, dict[str, Any]]]:
         """``{id: {"id", "name"}}`` for the known users among ``userIds``."""
         ids = list(dict.fromkeys(str(i) for i in userIds))[:MAX_PAGE]
         if not ids:
             return succeed({})
 
-        async def op(db: Database) -> dict[str, dict]:
+        async def op(db: Database) -> dict[str, dict[str, Any]]:
             return await self._users_by_id(db, ids)
 
         return self.run(op, name="getUsers")
 
-    async def _users_by_id(self, db: Database, ids: list[str]) -> dict[str, dict]:
+    async def _users_by_id(self, db: Database, ids: list[str]) -> dict[str, dict[str, Any]]:
         if not ids:
             return {}
         candidates = [c for i in ids for c in _id_candidates(i)]
@@ -1042,7 +1048,7 @@ class MongoStorage(Service):
 
     # -- IConversationStore ----------------------------------------------
 
-    def getConversations(self, query: dict) -> Deferred[dict]:
+    def getConversations(self, query: dict[str, Any]) -> Deferred[dict[str, Any]]:
         """``query["userId"]``'s conversations, latest message first, a page
         of ``limit`` after the cursor ``before``; see
         :class:`~chatserver.interfaces.IConversationStore`."""
@@ -1056,7 +1062,7 @@ class MongoStorage(Service):
         if limit == 0:
             return succeed({"conversations": [], "next": None})
 
-        async def op(db: Database) -> dict:
+        async def op(db: Database) -> dict[str, Any]:
             selector: dict[str, Any] = {"user": me}
             if position is not None:
                 selector["last"] = {"$lt": position}
@@ -1129,11 +1135,12 @@ class MongoStorage(Service):
             return cursor[0], {str(i) for i in cursor[1]}
         raise ValueError(f"not a revocations cursor of this store: {cursor!r}")
 
-    async def _revocations_since(self, db: Database, millis: int) -> list[dict]:
+    async def _revocations_since(self, db: Database, millis: int) -> list[dict[str, Any]]:
         moment = datetime.fromtimestamp(max(millis, 0) / 1000, UTC)
-        return await db.revocations.find(
+        revocations: list[dict[str, Any]] = await db.revocations.find(
             {"at": {"$gt": moment}}, sort=_BY_TIME, limit=REVOCATIONS_PER_POLL
         )
+        return revocations
 
     async def _revoke(self, db: Database, user_id: str) -> None:
         # The time is MongoDB's, so that every node compares the same clock.
@@ -1202,12 +1209,12 @@ class MongoStorage(Service):
 
         return self.run(op, name="set_token")
 
-    def get_user(self, user_id: str) -> Deferred[dict | None]:
+    def get_user(self, user_id: str) -> Deferred[dict[str, Any] | None]:
         """``{"id", "name"}`` of ``user_id``, or None."""
         if not isinstance(user_id, str) or not user_id:
             return fail(ValueError("user_id must be a non-empty string"))
 
-        async def op(db: Database) -> dict | None:
+        async def op(db: Database) -> dict[str, Any] | None:
             user = await db.users.find_one({"_id": _id_filter(user_id)}, projection={"name": 1})
             return {**_person(user), "id": user_id} if user is not None else None
 
@@ -1221,7 +1228,7 @@ class MongoStorage(Service):
             return fail(ValueError("user_id must be a non-empty string"))
 
         async def op(db: Database) -> bool:
-            result = await db.users.delete_one({"_id": _id_filter(user_id)})
+            result: DeleteResult = await db.users.delete_one({"_id": _id_filter(user_id)})
             await db.groups.update_many({"users": user_id}, {"$pull": {"users": user_id}})
             await db.conversations.delete_many({"user": user_id})
             await self._revoke(db, user_id)
@@ -1239,7 +1246,9 @@ class MongoStorage(Service):
 
         return self.run(op, name="revoke_sessions", retry=False)
 
-    def list_all_users(self, after: str | None = None, limit: int = 100) -> Deferred[list[dict]]:
+    def list_all_users(
+        self, after: str | None = None, limit: int = 100
+    ) -> Deferred[list[dict[str, Any]]]:
         """A page of users as ``{"id", "name"}``, by id, after ``after``."""
         return self.listUsers({"after": after, "limit": limit})
 
@@ -1269,12 +1278,12 @@ class MongoStorage(Service):
 
         return self.run(op, name="add_group")
 
-    def get_group(self, group_id: str) -> Deferred[dict | None]:
+    def get_group(self, group_id: str) -> Deferred[dict[str, Any] | None]:
         """``{"id", "name", "members"}`` of ``group_id``, or None."""
         if not isinstance(group_id, str) or not group_id:
             return fail(ValueError("group_id must be a non-empty string"))
 
-        async def op(db: Database) -> dict | None:
+        async def op(db: Database) -> dict[str, Any] | None:
             group = await db.groups.find_one({"_id": _id_filter(group_id)})
             if group is None:
                 return None
@@ -1290,7 +1299,7 @@ class MongoStorage(Service):
             return fail(ValueError("group_id must be a non-empty string"))
 
         async def op(db: Database) -> bool:
-            result = await db.groups.delete_one({"_id": _id_filter(group_id)})
+            result: DeleteResult = await db.groups.delete_one({"_id": _id_filter(group_id)})
             return result.deleted_count > 0
 
         return self.run(op, name="remove_group")
@@ -1325,20 +1334,22 @@ class MongoStorage(Service):
             return fail(e)
 
         async def op(db: Database) -> bool:
-            result = await db.groups.update_one(
+            result: UpdateResult = await db.groups.update_one(
                 {"_id": _id_filter(group_id), "users": user_id}, {"$pull": {"users": user_id}}
             )
             return result.modified_count > 0
 
         return self.run(op, name="remove_member", retry=False)
 
-    def list_all_groups(self, after: str | None = None, limit: int = 100) -> Deferred[list[dict]]:
+    def list_all_groups(
+        self, after: str | None = None, limit: int = 100
+    ) -> Deferred[list[dict[str, Any]]]:
         """A page of groups as ``{"id", "name", "members"}``, by id, after ``after``."""
         page = max(0, min(int(limit), MAX_PAGE))
         if page == 0:
             return succeed([])
 
-        async def op(db: Database) -> list[dict]:
+        async def op(db: Database) -> list[dict[str, Any]]:
             groups = await db.groups.find(
                 {"_id": {"$gt": "" if after is None else str(after)}}, sort=_BY_ID, limit=page
             )

@@ -86,7 +86,7 @@ def iso_timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def convert_message(chat: Mapping[str, Any]) -> dict | None:
+def convert_message(chat: Mapping[str, Any]) -> dict[str, Any] | None:
     """The ``messages`` document for one ``chats`` document, or None when it
     has no ``from`` or ``to`` (no conversation could hold it)."""
     sender, to = chat.get("from"), chat.get("to")
@@ -102,7 +102,7 @@ def convert_message(chat: Mapping[str, Any]) -> dict | None:
     return message
 
 
-def convert_user(user: Mapping[str, Any]) -> dict:
+def convert_user(user: Mapping[str, Any]) -> dict[str, Any]:
     """A user with its id as a string and its plaintext token, if any, hashed."""
     converted = {k: v for k, v in user.items() if k != "token"}
     converted["_id"] = as_id(user["_id"])
@@ -112,7 +112,7 @@ def convert_user(user: Mapping[str, Any]) -> dict:
     return converted
 
 
-def convert_group(group: Mapping[str, Any]) -> dict:
+def convert_group(group: Mapping[str, Any]) -> dict[str, Any]:
     converted = dict(group)
     converted["_id"] = as_id(group["_id"])
     converted["users"] = [as_id(m) for m in group.get("users") or []]
@@ -230,7 +230,7 @@ class SeedMigration:
                 await self._save_user(convert_user(user))
                 self.report.tokens_hashed += 1
 
-    async def _save_user(self, converted: dict) -> None:
+    async def _save_user(self, converted: dict[str, Any]) -> None:
         try:
             await self.db.users.replace_one({"_id": converted["_id"]}, converted, upsert=True)
         except DuplicateKeyError as e:
@@ -284,7 +284,7 @@ class SeedMigration:
                     {"_id": PROGRESS_ID}, {"$set": {"chatsThrough": after}}, upsert=True
                 )
 
-    async def _insert(self, messages: list[dict]) -> None:
+    async def _insert(self, messages: list[dict[str, Any]]) -> None:
         try:
             await self.db.messages.insert_many(messages, ordered=False)
             self.report.messages_copied += len(messages)
@@ -313,7 +313,7 @@ class SeedMigration:
     async def _conversation(self, key: str) -> None:
         kind, *ids = json.loads(key)
         counts = _Counts()
-        last: dict | None = None
+        last: dict[str, Any] | None = None
         position: tuple[Any, Any] | None = None
         projection = {"from": 1, "to": 1, "read": 1, "readBy": 1, "createdAt": 1}
         while True:
@@ -468,7 +468,7 @@ async def migrate(
     return report
 
 
-async def _reachable(d: Deferred, storage: MongoStorage, seconds: float) -> None:
+async def _reachable(d: Deferred[Any], storage: MongoStorage, seconds: float) -> None:
     from twisted.internet import reactor
 
     try:
@@ -518,6 +518,5 @@ def main(argv: list[str]) -> int:
 
     try:
         react(lambda reactor: ensureDeferred(run(reactor)))
-    except SystemExit as e:
+    except SystemExit as e:  # react always ends with it
         return int(e.code or 0)
-    return 0

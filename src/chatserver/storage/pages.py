@@ -8,6 +8,7 @@ import binascii
 import heapq
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import orjson
 
@@ -18,12 +19,12 @@ from chatserver.errors import INVALID_QUERY, ChatError
 Position = tuple[str, int]
 
 
-def page_limit(query: dict, default: int = 100) -> int:
+def page_limit(query: dict[str, Any], default: int = 100) -> int:
     """``query["limit"]`` as a non-negative int (the server has validated it)."""
     return max(0, int(query.get("limit", default)))
 
 
-def page_after(query: dict) -> str | None:
+def page_after(query: dict[str, Any]) -> str | None:
     """``query["after"]`` as a string, or ``None`` for the first page."""
     after = query.get("after")
     return None if after is None else str(after)
@@ -75,7 +76,7 @@ def decode_position(cursor: object) -> Position:
     return created_at, seq
 
 
-def conversation_page(entries: list[tuple[Position, dict]], limit: int) -> dict:
+def conversation_page(entries: list[tuple[Position, dict[str, Any]]], limit: int) -> dict[str, Any]:
     """The reply of ``getConversations``, from up to ``limit + 1`` entries,
     newest first: one more than the page says whether there is a next one."""
     page = entries[:limit]

@@ -60,12 +60,12 @@ import sqlite3
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorCore
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -113,7 +113,7 @@ def index_conversations(db: sqlite3.Connection) -> None:
         "SELECT conversation, seq, sender, created_at, body FROM messages"
         " ORDER BY conversation, created_at, seq"
     )
-    entries: list[tuple] = []
+    entries: list[tuple[Any, ...]] = []
     for conversation, messages in itertools.groupby(rows, key=lambda row: row[0]):
         kind, *ids = orjson.loads(conversation)
         total = first = 0
@@ -372,7 +372,7 @@ def conversation_key(ids: list[str], is_group: bool) -> str:
     return orjson.dumps(["d", *sorted((me, other))]).decode()
 
 
-def message_row(message: dict) -> tuple[str, str, str, str | None, bytes]:
+def message_row(message: dict[str, Any]) -> tuple[str, str, str, str | None, bytes]:
     """The values of :data:`_INSERT_MESSAGE` that store ``message``."""
     body = {k: v for k, v in message.items() if k != "_id"}  # the id is ours to give
     sender = str(message["from"])
@@ -392,8 +392,14 @@ def _parse_id(message_id: object) -> int | None:
     return seq if seq <= _MAX_SEQ else None
 
 
-def _decode(seq: int, body: bytes) -> dict:
+def _decode(seq: int, body: bytes) -> dict[str, Any]:
     return {"_id": str(seq), **orjson.loads(body)}
+
+
+def _from_threads(reactor: IReactorCore) -> IReactorFromThreads:
+    # Every reactor provides IReactorFromThreads too; the parameter names
+    # only IReactorCore, as Twisted's own type of its global reactor does.
+    return cast(IReactorFromThreads, reactor)
 
 
 def _hash_token(token: str) -> bytes:
@@ -470,7 +476,7 @@ class SQLiteStorage(Service):
         """Finish the queued work, close the file and stop the worker thread."""
         super().stopService()
         pool, self._pool = self._pool, None
-        if pool is None:
+        if pool is None or self._reactor is None:  # never started
             return succeed(None)
         self._reactor.removeSystemEventTrigger(self._shutdown_trigger)
 
@@ -479,14 +485,14 @@ class SQLiteStorage(Service):
             return result
 
         # The pool runs work in order, so closing comes after all queued work.
-        return deferToThreadPool(self._reactor, pool, self._close).addBoth(stop_pool)
+        return deferToThreadPool(_from_threads(self._reactor), pool, self._close).addBoth(stop_pool)
 
     def _run(self, work: Callable[..., T], *args: object) -> Deferred[T]:
         """Run ``work(*args)`` on the database thread: the one place where
         work leaves the reactor thread."""
-        if self._pool is None:
+        if self._pool is None or self._reactor is None:
             return fail(RuntimeError(f"{self!r} is not running: call startService() first"))
-        return deferToThreadPool(self._reactor, self._pool, work, *args)
+        return deferToThreadPool(_from_threads(self._reactor), self._pool, work, *args)
 
     def _open(self) -> str | None:
         try:
@@ -510,7 +516,7 @@ class SQLiteStorage(Service):
 
     # IAuthorizer
 
-    def authorize(self, credentials: dict) -> Deferred[dict | None]:
+    def authorize(self, credentials: dict[str, Any]) -> Deferred[dict[str, Any] | None]:
         """Fire with ``{"id": ..., "name": ...}`` for the user whose token is
         ``credentials["token"]``, or with None."""
         token = credentials.get("token") if isinstance(credentials, dict) else None
@@ -518,7 +524,7 @@ class SQLiteStorage(Service):
             return succeed(None)
         return self._run(self._authorize, _hash_token(token))
 
-    def _authorize(self, token_hash: bytes) -> dict | None:
+    def _authorize(self, token_hash: bytes) -> dict[str, Any] | None:
         row = (
             self._connection()
             .execute("SELECT id, name FROM users WHERE token_hash = ?", (token_hash,))
@@ -528,14 +534,14 @@ class SQLiteStorage(Service):
 
     # IMessageStore
 
-    def create(self, message: dict) -> Deferred[dict]:
+    def create(self, message: dict[str, Any]) -> Deferred[dict[str, Any]]:
         """Store ``message`` and file it in its recipients' conversation
         index, in one transaction; fire with it and its new ``_id``, or with
         the message stored earlier under the same sender and
         ``clientMessageId``."""
         return self._run(self._create, message)
 
-    def _create(self, message: dict) -> dict:
+    def _create(self, message: dict[str, Any]) -> dict[str, Any]:
         db = self._connection()
         row = message_row(message)
         _, sender, created_at, client_id, body = row
@@ -543,6 +549,7 @@ class SQLiteStorage(Service):
             cursor = db.execute(_INSERT_MESSAGE, row)
             if cursor.rowcount == 1:
                 seq = cursor.lastrowid
+                assert seq is not None  # set by every INSERT that adds a row
                 to = str(message["to"])
                 if message.get("isGroup"):
                     db.execute(_FILE_GROUP, (created_at, seq, sender, seq, to))
@@ -561,7 +568,7 @@ class SQLiteStorage(Service):
             ).fetchone()
         return _decode(seq, body)
 
-    def getMessages(self, query: dict) -> Deferred[list[dict]]:
+    def getMessages(self, query: dict[str, Any]) -> Deferred[list[dict[str, Any]]]:
         """Fire with one page of a conversation's messages: newest first, or
         oldest first after the cursor ``after``."""
         key = conversation_key(list(query["ids"]), bool(query.get("isGroup")))
@@ -577,13 +584,13 @@ class SQLiteStorage(Service):
         statement = _HISTORY_BEFORE if before is not None else _HISTORY_AFTER
         return self._run(self._get_messages_from, key, statement, seq, limit, skip)
 
-    def _get_messages(self, key: str, limit: int, skip: int) -> list[dict]:
+    def _get_messages(self, key: str, limit: int, skip: int) -> list[dict[str, Any]]:
         rows = self._connection().execute(_HISTORY, (key, limit, skip)).fetchall()
         return [_decode(seq, body) for seq, body in rows]
 
     def _get_messages_from(
         self, key: str, statement: str, seq: int, limit: int, skip: int
-    ) -> list[dict]:
+    ) -> list[dict[str, Any]]:
         db = self._connection()
         anchor = db.execute(
             "SELECT created_at FROM messages WHERE seq = ? AND conversation = ?", (seq, key)
@@ -593,7 +600,7 @@ class SQLiteStorage(Service):
         rows = db.execute(statement, (key, anchor[0], seq, limit, skip)).fetchall()
         return [_decode(seq, body) for seq, body in rows]
 
-    def read(self, messageId: str, userId: str) -> Deferred[dict | None]:
+    def read(self, messageId: str, userId: str) -> Deferred[dict[str, Any] | None]:
         """Record that ``userId`` read the message; fire with the updated
         message, or with None if there is none or ``userId`` is not one of its
         recipients. Direct messages get ``read: true``, group messages add the
@@ -604,7 +611,7 @@ class SQLiteStorage(Service):
             return succeed(None)
         return self._run(self._read, seq, str(userId))
 
-    def _read(self, seq: int, reader: str) -> dict | None:
+    def _read(self, seq: int, reader: str) -> dict[str, Any] | None:
         db = self._connection()
         with _transaction(db):
             row = db.execute("SELECT body FROM messages WHERE seq = ?", (seq,)).fetchone()
@@ -647,7 +654,7 @@ class SQLiteStorage(Service):
 
     # IGroupDirectory
 
-    def getGroupUserIds(self, data: dict) -> Deferred[list[str]]:
+    def getGroupUserIds(self, data: dict[str, Any]) -> Deferred[list[str]]:
         """Fire with the ids of group ``data["groupId"]``'s members (none if
         there is no such group)."""
         return self._run(self._members, str(data["groupId"]))
@@ -660,7 +667,7 @@ class SQLiteStorage(Service):
 
     # IConversationStore
 
-    def getConversations(self, query: dict) -> Deferred[dict]:
+    def getConversations(self, query: dict[str, Any]) -> Deferred[dict[str, Any]]:
         """Fire with a page of ``query["userId"]``'s conversations, by last
         message, newest first: one range scan of ``conversations_recent``."""
         limit = page_limit(query, 20)
@@ -671,10 +678,10 @@ class SQLiteStorage(Service):
             return fail(e)
         return self._run(self._conversations, str(query["userId"]), start, limit)
 
-    def _conversations(self, user_id: str, start: Position | None, limit: int) -> dict:
+    def _conversations(self, user_id: str, start: Position | None, limit: int) -> dict[str, Any]:
         if start is None:
             statement = _CONVERSATIONS.format(where="")
-            args: tuple = (user_id, limit + 1)
+            args: tuple[Any, ...] = (user_id, limit + 1)
         else:
             statement = _CONVERSATIONS.format(where="AND (c.last_created_at, c.last_seq) < (?, ?)")
             args = (user_id, *start, limit + 1)
@@ -696,32 +703,32 @@ class SQLiteStorage(Service):
 
     # IUserDirectory
 
-    def listUsers(self, query: dict) -> Deferred[list[dict]]:
+    def listUsers(self, query: dict[str, Any]) -> Deferred[list[dict[str, Any]]]:
         """Fire with a page of every user, by id."""
         return self._run(self._list_users, page_after(query) or "", page_limit(query))
 
-    def _list_users(self, after: str, limit: int) -> list[dict]:
+    def _list_users(self, after: str, limit: int) -> list[dict[str, Any]]:
         rows = self._connection().execute(
             "SELECT id, name FROM users WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
         )
         return [{"id": user_id, "name": name} for user_id, name in rows]
 
-    def listGroups(self, query: dict) -> Deferred[list[dict]]:
+    def listGroups(self, query: dict[str, Any]) -> Deferred[list[dict[str, Any]]]:
         """Fire with a page of the user's groups, by id."""
         args = (str(query["userId"]), page_after(query) or "", page_limit(query))
         return self._run(self._list_groups, *args)
 
-    def _list_groups(self, user_id: str, after: str, limit: int) -> list[dict]:
+    def _list_groups(self, user_id: str, after: str, limit: int) -> list[dict[str, Any]]:
         rows = self._connection().execute(_LIST_GROUPS, (user_id, after, limit))
         return [{"id": group_id, "name": name} for group_id, name in rows]
 
-    def listContacts(self, query: dict) -> Deferred[list[dict]]:
+    def listContacts(self, query: dict[str, Any]) -> Deferred[list[dict[str, Any]]]:
         """Fire with a page of the user's contacts, by id: one range scan per
         group of the user and one of the people they wrote to, merged."""
         args = (str(query["userId"]), page_after(query) or "", page_limit(query))
         return self._run(self._list_contacts, *args)
 
-    def _list_contacts(self, user_id: str, after: str, limit: int) -> list[dict]:
+    def _list_contacts(self, user_id: str, after: str, limit: int) -> list[dict[str, Any]]:
         db = self._connection()
         groups = db.execute("SELECT group_id FROM group_members WHERE user_id = ?", (user_id,))
         sources = [
@@ -733,11 +740,11 @@ class SQLiteStorage(Service):
         names = self._names(ids)
         return [{"id": i, "name": names.get(i, i)} for i in ids]
 
-    def getUsers(self, userIds: list) -> Deferred[dict[str, dict]]:
+    def getUsers(self, userIds: list[Any]) -> Deferred[dict[str, dict[str, Any]]]:
         """Fire with ``{id: {"id", "name"}}`` for the known users among ``userIds``."""
         return self._run(self._get_users, list(dict.fromkeys(str(u) for u in userIds)))
 
-    def _get_users(self, user_ids: list[str]) -> dict[str, dict]:
+    def _get_users(self, user_ids: list[str]) -> dict[str, dict[str, Any]]:
         return {i: {"id": i, "name": name} for i, name in self._names(user_ids).items()}
 
     def _names(self, user_ids: list[str]) -> dict[str, str]:
@@ -835,11 +842,11 @@ class SQLiteStorage(Service):
                 raise LookupError(f"no user {user_id!r}")
             self._revoke(db, user_id)
 
-    def get_user(self, user_id: str) -> Deferred[dict | None]:
+    def get_user(self, user_id: str) -> Deferred[dict[str, Any] | None]:
         """Fire with ``{"id", "name"}``, or None for an unknown user."""
         return self._run(self._get_user, str(user_id))
 
-    def _get_user(self, user_id: str) -> dict | None:
+    def _get_user(self, user_id: str) -> dict[str, Any] | None:
         row = (
             self._connection()
             .execute("SELECT id, name FROM users WHERE id = ?", (user_id,))
@@ -872,7 +879,9 @@ class SQLiteStorage(Service):
     def _revoke_sessions(self, user_id: str) -> None:
         self._revoke(self._connection(), user_id)
 
-    def list_all_users(self, after: str | None = None, limit: int = 100) -> Deferred[list[dict]]:
+    def list_all_users(
+        self, after: str | None = None, limit: int = 100
+    ) -> Deferred[list[dict[str, Any]]]:
         """Fire with a page of users as ``{"id", "name"}``, by id."""
         return self._run(self._list_users, after or "", max(0, int(limit)))
 
@@ -907,17 +916,17 @@ class SQLiteStorage(Service):
                 [(group_id, m) for m in members],
             )
 
-    def get_group(self, group_id: str) -> Deferred[dict | None]:
+    def get_group(self, group_id: str) -> Deferred[dict[str, Any] | None]:
         """Fire with ``{"id", "name", "members"}``, or None for an unknown group."""
         return self._run(self._get_group, str(group_id))
 
-    def _get_group(self, group_id: str) -> dict | None:
+    def _get_group(self, group_id: str) -> dict[str, Any] | None:
         groups = self._groups_with_members(
             "SELECT id, coalesce(name, id) FROM groups WHERE id = ?", (group_id,)
         )
         return groups[0] if groups else None
 
-    def _groups_with_members(self, statement: str, args: tuple) -> list[dict]:
+    def _groups_with_members(self, statement: str, args: tuple[Any, ...]) -> list[dict[str, Any]]:
         db = self._connection()
         groups = {g: {"id": g, "name": n, "members": []} for g, n in db.execute(statement, args)}
         ids = list(groups)
@@ -979,11 +988,13 @@ class SQLiteStorage(Service):
             db.execute(_LEAVE, (user_id, group_id))
             return True
 
-    def list_all_groups(self, after: str | None = None, limit: int = 100) -> Deferred[list[dict]]:
+    def list_all_groups(
+        self, after: str | None = None, limit: int = 100
+    ) -> Deferred[list[dict[str, Any]]]:
         """Fire with a page of groups as ``{"id", "name", "members"}``, by id."""
         return self._run(self._list_all_groups, after or "", max(0, int(limit)))
 
-    def _list_all_groups(self, after: str, limit: int) -> list[dict]:
+    def _list_all_groups(self, after: str, limit: int) -> list[dict[str, Any]]:
         return self._groups_with_members(
             "SELECT id, coalesce(name, id) FROM groups WHERE id > ? ORDER BY id LIMIT ?",
             (after, limit),

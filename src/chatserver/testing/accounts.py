@@ -10,14 +10,14 @@ import pytest
 import pytest_twisted
 
 from chatserver.interfaces import IAccountStore, ISessionRevocations
-from chatserver.testing.conformance import _call, exception_of
+from chatserver.testing.conformance import ConformanceHooks, _call, exception_of
 
 
 def _named(exception: BaseException | None) -> str:
     return f"a {type(exception).__name__} ({exception})" if exception else "success"
 
 
-class AccountConformanceTests:
+class AccountConformanceTests(ConformanceHooks):
     """Tests for a store that provides :class:`IAccountStore`.
 
     A mixin: add it to the bases of your :class:`StorageConformanceTests`
@@ -227,7 +227,7 @@ class AccountConformanceTests:
         assert g0 == {"id": "g0", "name": "g0", "members": ["alice", "g0"]}
 
 
-class RevocationConformanceTests:
+class RevocationConformanceTests(ConformanceHooks):
     """Tests for a store that provides :class:`ISessionRevocations`.
 
     A mixin: add it to the bases of your :class:`StorageConformanceTests`

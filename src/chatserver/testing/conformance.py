@@ -78,7 +78,7 @@ def timestamp(milliseconds: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def message_id(message: dict) -> str:
+def message_id(message: dict[str, Any]) -> str:
     """The id a store gave ``message``; it must be a string."""
     assert message is not None, "expected a stored message, got None"
     stored_id = message["_id"] if "_id" in message else message.get("id")
@@ -113,16 +113,14 @@ async def exception_of(function: Any, *args: object) -> BaseException | None:
     return None
 
 
-class StorageConformanceTests:
-    """The storage contract, as pytest tests. Subclass it as ``TestSomething``.
+class ConformanceHooks:
+    """What every suite builds on: the hooks a test class overrides to make
+    and provision a store, and the helpers built on them.
 
-    Override :meth:`make_storage`, :meth:`add_user` and :meth:`add_group`, and
-    if needed :meth:`close_storage`, :meth:`unknown_message_id` and
-    :attr:`max_message_bytes`.
+    :class:`StorageConformanceTests` and each optional suite's mixin derive
+    from it, so the mixins can call the hooks and helpers whatever order the
+    bases of the test class come in.
     """
-
-    #: The largest message (as JSON) the store must keep; the server's frame limit.
-    max_message_bytes: int = 64 * 1024
 
     # Hooks
 
@@ -155,23 +153,13 @@ class StorageConformanceTests:
         replacement = alphabet[(alphabet.find(last) + 1) % len(alphabet)]
         return existing_id[:-1] + replacement
 
-    # Fixture and helpers
-
-    @pytest.fixture
-    def storage(self) -> Iterator[Any]:
-        # A plain fixture, unlike pytest-twisted's async ones, runs on the
-        # test's own instance, so hooks can use what other fixtures set on it.
-        storage = pytest_twisted.blockon(_call(self.make_storage))
-        try:
-            yield storage
-        finally:
-            pytest_twisted.blockon(_call(self.close_storage, storage))
+    # Helpers
 
     _clock = 0
 
     def message(
         self, sender: str, to: str, text: str = "hi", *, group: bool = False, **fields: Any
-    ) -> dict:
+    ) -> dict[str, Any]:
         """A message as the server hands it to ``create``; each one is 1 ms
         newer than the last unless ``createdAt`` is given."""
         self._clock += 1
@@ -181,15 +169,17 @@ class StorageConformanceTests:
             message["isGroup"] = True
         return message
 
-    async def create(self, storage: Any, message: dict) -> dict:
+    async def create(self, storage: Any, message: dict[str, Any]) -> dict[str, Any]:
         """Store a copy of ``message`` and check the reply echoes it."""
-        stored = await _call(storage.create, dict(message))
+        stored: dict[str, Any] = await _call(storage.create, dict(message))
         message_id(stored)
         for key, value in message.items():
             assert stored.get(key) == value, f"stored {key!r} differs"
         return stored
 
-    async def history(self, storage: Any, me: str, other: str, **query: Any) -> list[dict]:
+    async def history(
+        self, storage: Any, me: str, other: str, **query: Any
+    ) -> list[dict[str, Any]]:
         query = {"ids": [me, other], "skip": 0, "limit": 100, **query}
         messages = await _call(storage.getMessages, query)
         return list(messages)
@@ -204,8 +194,32 @@ class StorageConformanceTests:
         await _call(self.add_group, storage, group_id, list(member_ids))
 
     @staticmethod
-    def ids(messages: Iterable[dict]) -> list[str]:
+    def ids(messages: Iterable[dict[str, Any]]) -> list[str]:
         return [message_id(m) for m in messages]
+
+
+class StorageConformanceTests(ConformanceHooks):
+    """The storage contract, as pytest tests. Subclass it as ``TestSomething``.
+
+    Override :meth:`make_storage`, :meth:`add_user` and :meth:`add_group`, and
+    if needed :meth:`close_storage`, :meth:`unknown_message_id` and
+    :attr:`max_message_bytes`.
+    """
+
+    #: The largest message (as JSON) the store must keep; the server's frame limit.
+    max_message_bytes: int = 64 * 1024
+
+    # Fixture
+
+    @pytest.fixture
+    def storage(self) -> Iterator[Any]:
+        # A plain fixture, unlike pytest-twisted's async ones, runs on the
+        # test's own instance, so hooks can use what other fixtures set on it.
+        storage = pytest_twisted.blockon(_call(self.make_storage))
+        try:
+            yield storage
+        finally:
+            pytest_twisted.blockon(_call(self.close_storage, storage))
 
     # authorize
 
@@ -312,7 +326,7 @@ class StorageConformanceTests:
             await self.create(
                 storage, self.message("carol", "dave", f"t{i}", createdAt=timestamp(7))
             )
-        pages = []
+        pages: list[str] = []
         for skip in range(0, 12, 5):
             page = await self.history(storage, "carol", "dave", skip=skip, limit=5)
             pages.extend(m["text"] for m in page)
@@ -629,6 +643,7 @@ class StorageConformanceTests:
 __all__ = [
     "MALFORMED_IDS",
     "UNICODE_TEXT",
+    "ConformanceHooks",
     "StorageConformanceTests",
     "exception_of",
     "failure_of",

@@ -10,12 +10,19 @@ from twisted.internet.defer import gatherResults
 
 from chatserver.errors import INVALID_QUERY, NOT_FOUND
 from chatserver.interfaces import IAccountStore, IConversationStore
-from chatserver.testing.conformance import MALFORMED_IDS, _call, failure_of, message_id, timestamp
+from chatserver.testing.conformance import (
+    MALFORMED_IDS,
+    ConformanceHooks,
+    _call,
+    failure_of,
+    message_id,
+    timestamp,
+)
 
 ORDER_RULE = "getConversations must order conversations by their last message, newest first"
 
 
-class ConversationConformanceTests:
+class ConversationConformanceTests(ConformanceHooks):
     """Tests for a store that provides :class:`IConversationStore`.
 
     A mixin: add it to the bases of your :class:`StorageConformanceTests`
@@ -25,7 +32,7 @@ class ConversationConformanceTests:
 
     async def conversations(
         self, storage: Any, user_id: str, limit: int = 100, before: str | None = None
-    ) -> dict:
+    ) -> dict[str, Any]:
         """One page of ``getConversations``, checked for shape."""
         query = {"userId": user_id, "limit": limit, "before": before}
         page = await _call(storage.getConversations, query)
@@ -49,9 +56,11 @@ class ConversationConformanceTests:
             )
         return page
 
-    async def all_conversations(self, storage: Any, user_id: str, limit: int = 100) -> list[dict]:
+    async def all_conversations(
+        self, storage: Any, user_id: str, limit: int = 100
+    ) -> list[dict[str, Any]]:
         """Every conversation of ``user_id``, walking the pages with ``next``."""
-        found: list[dict] = []
+        found: list[dict[str, Any]] = []
         before = None
         while True:
             page = await self.conversations(storage, user_id, limit, before)
@@ -62,7 +71,7 @@ class ConversationConformanceTests:
             assert page["conversations"], "a page with a next cursor must not be empty"
             assert len(found) < 100_000, "walking getConversations with next must end"
 
-    async def summary(self, storage: Any, user_id: str) -> list[tuple]:
+    async def summary(self, storage: Any, user_id: str) -> list[tuple[str, bool, str | None, int]]:
         """``(with, isGroup, text of last, unread)`` for each conversation."""
         return [
             (c["with"], c["isGroup"], c["last"].get("text"), c["unread"])
@@ -72,10 +81,11 @@ class ConversationConformanceTests:
     async def unread(self, storage: Any, user_id: str, other: str) -> int | None:
         for conversation in await self.all_conversations(storage, user_id):
             if conversation["with"] == other:
-                return conversation["unread"]
+                unread: int = conversation["unread"]
+                return unread
         return None
 
-    async def read(self, storage: Any, message: dict, user_id: str) -> Any:
+    async def read(self, storage: Any, message: dict[str, Any], user_id: str) -> Any:
         return await _call(storage.read, message_id(message), user_id)
 
     # The tests
@@ -407,7 +417,7 @@ class ConversationConformanceTests:
 
     # getMessages cursors
 
-    async def thirty(self, storage: Any) -> list[dict]:
+    async def thirty(self, storage: Any) -> list[dict[str, Any]]:
         """Thirty messages between alice and bob, oldest first, three of
         them sharing one ``createdAt``."""
         stored = []
@@ -437,7 +447,7 @@ class ConversationConformanceTests:
         )
         walked, cursor = [], None
         while True:
-            query = {"before": cursor} if cursor else {}
+            query: dict[str, str] = {"before": cursor} if cursor else {}
             page = await self.history(storage, "alice", "bob", limit=7, **query)
             if not page:
                 break

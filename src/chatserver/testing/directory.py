@@ -9,14 +9,14 @@ import pytest
 import pytest_twisted
 
 from chatserver.interfaces import IAccountStore, IUserDirectory
-from chatserver.testing.conformance import _call
+from chatserver.testing.conformance import ConformanceHooks, _call
 
 # Ids chosen so that string order differs from what a careless sort gives:
 # upper case before lower case, digits compared as text, accents after "z".
 AWKWARD_IDS = ("Zoe", "amy", "u10", "u9", "émile", "zed", "u1", "Ötzi", "b-c", "b")
 
 
-class DirectoryConformanceTests:
+class DirectoryConformanceTests(ConformanceHooks):
     """Tests for a store that provides :class:`IUserDirectory`.
 
     A mixin: add it to the bases of your :class:`StorageConformanceTests`
@@ -26,16 +26,16 @@ class DirectoryConformanceTests:
     non-empty strings.
     """
 
-    async def list_users(self, storage: Any, **query: Any) -> list[dict]:
+    async def list_users(self, storage: Any, **query: Any) -> list[dict[str, Any]]:
         return await self._directory_page(storage.listUsers, query)
 
-    async def list_groups(self, storage: Any, user_id: str, **query: Any) -> list[dict]:
+    async def list_groups(self, storage: Any, user_id: str, **query: Any) -> list[dict[str, Any]]:
         return await self._directory_page(storage.listGroups, {"userId": user_id, **query})
 
-    async def list_contacts(self, storage: Any, user_id: str, **query: Any) -> list[dict]:
+    async def list_contacts(self, storage: Any, user_id: str, **query: Any) -> list[dict[str, Any]]:
         return await self._directory_page(storage.listContacts, {"userId": user_id, **query})
 
-    async def _directory_page(self, method: Any, query: dict) -> list[dict]:
+    async def _directory_page(self, method: Any, query: dict[str, Any]) -> list[dict[str, Any]]:
         query = {"userId": None, "after": None, "limit": 100, **query}
         page = list(await _call(method, query))
         assert len(page) <= query["limit"], (
@@ -179,15 +179,15 @@ class DirectoryConformanceTests:
         user's groups and conversations, in id order, each contact once."""
         rng = random.Random(11)
         people = [f"p{i:03}" for i in range(90)]
-        expected: set[str] = set()
+        contacts: set[str] = set()
         for g in range(6):
             members = rng.sample(people, 25)
-            expected.update(members)
+            contacts.update(members)
             await self.group(storage, f"group{g}", ["alice", *members])
         for other in [*rng.sample(people, 20), "zz-direct", "Zz-direct"]:
-            expected.add(other)
+            contacts.add(other)
             await self.create(storage, self.message(other, "alice"))
-        expected = sorted(expected)
+        expected = sorted(contacts)
         for limit in (1, 7, 25, 200):
             assert await self.walk(self.list_contacts, limit, storage, "alice") == expected, (
                 f"listContacts, read {limit} at a time with `after`, must list every contact "

@@ -136,7 +136,7 @@ def conformance_classes() -> dict[str, type]:
         if iface in target.interfaces
     ]
 
-    class TestStorage(*mixins):  # type: ignore[misc]
+    class TestStorage(*mixins):  # type: ignore[misc]  # bases chosen at run time
         async def make_storage(self) -> Any:
             storage = target.factory()
             if IService.providedBy(storage):
