@@ -42,8 +42,6 @@ from chatserver.testing import (
 )
 from chatserver.testing.conformance import timestamp
 
-STALL_BOUND = 0.25  # seconds without a reactor tick that would count as blocking
-
 
 class TestSQLiteStorage(
     DirectoryConformanceTests,
@@ -298,24 +296,21 @@ async def worst_stall(storage):
     return max(b - a for a, b in itertools.pairwise(ticks))
 
 
-@pytest_twisted.ensureDeferred
-async def test_database_work_never_blocks_the_reactor(path):
-    storage = SQLiteStorage(path)
+async def stall_of(storage):
     storage.startService()
     try:
-        assert await worst_stall(storage) < STALL_BOUND
+        return await worst_stall(storage)
     finally:
         await storage.stopService()
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_stall_check_catches_a_blocking_store(path):
-    storage = BlockingSQLiteStorage(path)
-    storage.startService()
-    try:
-        assert await worst_stall(storage) > STALL_BOUND
-    finally:
-        await storage.stopService()
+async def test_database_work_never_blocks_the_reactor(tmp_path):
+    # A ratio, not a time: the same work, on the worker thread and on the
+    # reactor's, measured one after the other on this (possibly busy) machine.
+    threaded = await stall_of(SQLiteStorage(str(tmp_path / "threaded.sqlite3")))
+    blocking = await stall_of(BlockingSQLiteStorage(str(tmp_path / "blocking.sqlite3")))
+    assert threaded < blocking / 4, (threaded, blocking)
 
 
 # Schema version 2: the conversation index, and upgrading a version 1 file
