@@ -321,7 +321,9 @@ class ChatHandler:
         limit = self.max_connections_per_user
         if limit and user_id != session.user_id and self._registry.count(user_id) >= limit:
             raise SessionRefused(f"too many connections for this user (max {limit})")
-        if session.user_id is not None:
+        if session.user_id is not None and session.user_id != user_id:
+            # Signing in again as the same user is no departure: removing
+            # the session would tell presence watchers "offline", then "online".
             self._registry.remove(session.user_id, session)
         session.user = user  # type: ignore[assignment]
         session.user_id = user_id
