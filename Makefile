@@ -26,9 +26,12 @@ test: $(VENV)/.installed lint
 bench: $(VENV)/.installed
 	$(BIN)/python -m chatserver.bench
 
+## lint: ruff, mypy (strict, with the zope plugin) and the import contracts
 lint: $(VENV)/.installed
 	$(BIN)/ruff check src tests twisted examples
 	$(BIN)/ruff format --check src tests twisted examples
+	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info twisted/plugins/dropin.cache

@@ -19,6 +19,8 @@ Private attributes used:
   it instead.
 - ``autobahn.websocket.protocol.WebSocketProtocol._closeConnection``: see
   :class:`GracefulCloseMixin`.
+- ``txmongo.connection._Connection``, the factory txmongo reconnects each
+  pooled connection with: see :func:`quiet_txmongo`.
 
 Closing, in detail.
 What we rely on in Autobahn's and Twisted's internals, in one guarded place.
@@ -56,6 +58,7 @@ from typing import Any, Protocol
 
 import txaio
 from twisted.internet import tcp
+from twisted.internet.protocol import connectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -202,7 +205,7 @@ class _DropProbe:
         self.droppedByMe = False
         self.peer = "probe"
         self.log = base.log
-        self.is_closed = txaio.create_future()
+        self.is_closed = txaio.create_future()  # type: ignore[attr-defined]  # untyped
         self.closed_with: list[bool] = []
 
     def unregisterProducer(self) -> None:
@@ -263,6 +266,14 @@ class GracefulCloseMixin:
     graceful_close = False
     _draining = False
     _drain_call: IDelayedCall | None = None
+    # What the mixin uses of the Autobahn protocol it is mixed into (it
+    # cannot subclass it: close_internals_problem must be able to refuse).
+    wasClean: bool
+    state: int
+    STATE_CLOSING: int
+    closeHandshakeTimeout: float | None
+    factory: Any
+    transport: Any
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -287,7 +298,7 @@ class GracefulCloseMixin:
             # one): nothing is wrong with the TCP connection, and ours may
             # still be in the write buffer.
             abort = False
-        super().dropConnection(abort)
+        super().dropConnection(abort)  # type: ignore[misc]  # Autobahn's, next in the MRO
 
     def _closeConnection(self, abort: bool = False) -> None:
         """Called by Autobahn's ``dropConnection``: abort at once, or flush
@@ -296,7 +307,7 @@ class GracefulCloseMixin:
         :param abort: reset the connection now.
         """
         if abort or not self.graceful_close or self._draining:
-            super()._closeConnection(abort)
+            super()._closeConnection(abort)  # type: ignore[misc]  # Autobahn's, next in the MRO
             return
         self._draining = True
         timeout = max(self.closeHandshakeTimeout or 0, MIN_DRAIN_TIMEOUT)
@@ -315,7 +326,7 @@ class GracefulCloseMixin:
     def _drain_timed_out(self) -> None:
         self._drain_call = None
         self.close_timed_out()
-        super()._closeConnection(True)
+        super()._closeConnection(True)  # type: ignore[misc]  # Autobahn's, next in the MRO
 
     def close_timed_out(self) -> None:
         """The client did not finish closing in time and is about to be
@@ -326,11 +337,31 @@ class GracefulCloseMixin:
         is out): then they are dropped, never buffered."""
         if self._draining:
             return
-        super().dataReceived(data)
+        super().dataReceived(data)  # type: ignore[misc]  # Autobahn's, next in the MRO
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """The client closed (or the drain timed out): stop the timer."""
         call, self._drain_call = self._drain_call, None
         if call is not None and call.active():
             call.cancel()
-        super().connectionLost(reason)
+        super().connectionLost(reason)  # type: ignore[misc]  # Autobahn's, next in the MRO
+
+
+def quiet_txmongo() -> bool:
+    """Silence the three lines Twisted's ``ReconnectingClientFactory`` logs
+    for every attempt of each of txmongo's pooled connections ("Starting
+    factory", "will retry in N seconds", "Stopping factory"): while MongoDB is
+    down they drown the store's own line per retry interval.
+
+    :return: whether txmongo's factory class was found and quietened; if a
+        txmongo release renames it, the log is only noisier.
+    """
+    try:
+        from txmongo.connection import _Connection
+    except ImportError:
+        log.info("txmongo's connection factory was not found: its reconnections stay noisy")
+        return False
+    if not isinstance(getattr(_Connection, "noisy", None), bool):
+        return False
+    _Connection.noisy = False
+    return True

@@ -79,7 +79,9 @@ class _WriteWatch:
         pass
 
 
-class ChatServerProtocol(GracefulCloseMixin, WebSocketServerProtocol):
+# Autobahn's own bases disagree on the types of `peer` and
+# `_transport_details`; nothing of ours is at stake.
+class ChatServerProtocol(GracefulCloseMixin, WebSocketServerProtocol):  # type: ignore[misc]
     """Parses each frame into a request, hands it to the handler with the
     connection's session, and sends exactly one reply (or closes the
     connection with a code).

@@ -52,5 +52,5 @@ class Conversations:
         return self._handler.call_storage(
             "getConversations",
             self._store.getConversations,
-            query,  # type: ignore[union-attr]
+            query,
         )
