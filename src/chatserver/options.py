@@ -224,3 +224,17 @@ class Options(usage.Options):
             return load_api_keys(path)
         except ValueError as e:
             raise usage.UsageError(f"--api-key-file: {e}") from None
+
+
+class CommandLineOptions(Options):
+    """:class:`Options` as typed on a command line (``twistd chatserver``,
+    ``python -m chatserver``): a mistake is one line on standard error and
+    exit status 2, not twistd's whole help text followed by the error."""
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            sys.stderr.write(f"chatserver: {e} (see --help)\n")
+            sys.stderr.flush()
+            raise SystemExit(2) from None

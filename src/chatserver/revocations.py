@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 
 from chatserver.delivery import SessionRegistry
 from chatserver.errors import Ending
-from chatserver.interfaces import ISessionRevocations
+from chatserver.interfaces import ISessionRevocations, IStorageStatus
 from chatserver.logs import Throttle
 
 DEFAULT_INTERVAL = 2.0
@@ -68,6 +68,9 @@ class RevocationWatcher(Service):
         return d
 
     def _failed(self, failure: Failure) -> None:
+        status = IStorageStatus(self._store, None)
+        if status is not None and status.status() != "ready":
+            return  # the store says itself why it cannot answer (starting, unreachable)
         self._throttle.failure("revocations", "could not read revocations", failure)
 
     def _revoked(self, result: Any) -> None:

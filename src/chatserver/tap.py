@@ -7,16 +7,22 @@ This module only wires: it loads what the options name, asks
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gc
+import os
 import resource
-from typing import Any
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import txaio
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, Service
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from chatserver.limits import Limits
 from chatserver.options import Options
@@ -37,6 +43,115 @@ class SettleMemory(Service):
         super().startService()
         gc.collect()
         gc.freeze()
+
+
+def fail_startup(sentence: str) -> NoReturn:
+    """Stop start-up with ``sentence`` as one line on standard error and exit
+    status 1: the operator reads what to fix, not a traceback.
+
+    Written to the process's own standard error, since once twistd's logging
+    has begun ``sys.stderr`` only feeds the log.
+    """
+    stream = sys.__stderr__ if sys.__stderr__ is not None else sys.stderr
+    stream.write(f"chatserver: {sentence}\n")
+    stream.flush()
+    raise SystemExit(1)
+
+
+def describe_listen_error(error: BaseException) -> str:
+    """One line saying why the server could not listen, and what to do."""
+    if isinstance(error, CannotListenError):
+        cause = error.socketError
+        where = f"port {error.port}" + (f" on {error.interface}" if error.interface else "")
+        code = getattr(cause, "errno", None)
+        if code == errno.EADDRINUSE:
+            return f"{where} is already in use: stop what uses it, or choose another --port"
+        if code == errno.EACCES:
+            return f"not allowed to listen on {where}: choose a port above 1023"
+        if code == errno.EADDRNOTAVAIL:
+            return f"cannot listen on {where}: this machine has no such address"
+        return f"cannot listen on {where}: {getattr(cause, 'strerror', None) or cause}"
+    return f"cannot listen: {error}"
+
+
+class Listener(Service):
+    """Listens on an endpoint while running.
+
+    Unlike Twisted's ``StreamServerEndpointService``, a port that cannot be
+    opened stops start-up at once with one line (:func:`fail_startup`)
+    instead of a logged traceback and a server that idles without a port.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        factory: IProtocolFactory,
+        listening: Callable[[IListeningPort], None] | None = None,
+    ) -> None:
+        """
+        :param listening: called with the port once it is open.
+        """
+        self.endpoint = endpoint
+        self.factory = factory
+        self._listening = listening
+        self._port: IListeningPort | None = None
+        self._started = False
+
+    def privilegedStartService(self) -> None:
+        """Open the port (before twistd drops privileges, if it does)."""
+        super().privilegedStartService()
+        if self._started:
+            return
+        self._started = True
+        outcome: list[Any] = []
+        self.endpoint.listen(self.factory).addBoth(outcome.append)
+        if not outcome:
+            return  # an endpoint that listens later: _opened or a logged failure
+        if isinstance(outcome[0], Failure):
+            fail_startup(describe_listen_error(outcome[0].value or Exception("unknown error")))
+        self._opened(outcome[0])
+
+    def _opened(self, port: IListeningPort) -> None:
+        self._port = port
+        if self._listening is not None:
+            self._listening(port)
+
+    def startService(self) -> None:
+        if not self._started:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> Any:
+        """Stop listening; fires once the port is closed."""
+        super().stopService()
+        port, self._port = self._port, None
+        return port.stopListening() if port is not None else None
+
+
+def announce(secure: bool, web: bool) -> Callable[[IListeningPort], None]:
+    """A ``listening`` callback that logs where clients and people connect."""
+
+    def listening(port: IListeningPort) -> None:
+        number = getattr(port.getHost(), "port", None)
+        if number is None:
+            return
+        scheme = "https" if secure else "http"
+        where = f"{scheme}://localhost:{number}/"
+        if web:
+            log.info("chat page at {where} (WebSocket on the same port)", where=where)
+        else:
+            log.info("WebSocket at {where}", where=where.replace("http", "ws", 1))
+
+    return listening
+
+
+def make_service_or_exit(options: Options) -> IService:
+    """:func:`make_service` for the command line: a start-up mistake ends
+    the process with one line (see :func:`fail_startup`)."""
+    try:
+        return make_service(options)
+    except usage.UsageError as e:
+        fail_startup(str(e))
 
 
 # Descriptors kept for everything but client connections (storage, Redis, logs).
@@ -84,6 +199,10 @@ def make_service(options: Options, reactor: Any = None) -> IService:
     # only its errors are wanted. The server logs what matters itself.
     txaio.set_global_log_level("error")  # type: ignore[attr-defined]  # txaio's stubs lack it
     storage: Any
+    # twistd, unlike `python -m`, leaves the working directory off sys.path:
+    # `--storage mystore:MyStorage` must still find ./mystore.py.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         storage = load_storage(options["storage"])
         actions = load_actions(options["actions"]) if options["actions"] else None
@@ -131,14 +250,22 @@ def make_service(options: Options, reactor: Any = None) -> IService:
         reactor=reactor,
     )
     SettleMemory().setServiceParent(server)
+    endpoint: IStreamServerEndpoint
     if options["reuse-port"]:
         from chatserver.supervisor import ReusePortEndpoint
 
         endpoint = ReusePortEndpoint(reactor, options["port"])
     else:
-        endpoint = serverFromString(reactor, options.endpoint_description())
-    listener = StreamServerEndpointService(endpoint, server.site)
-    # Fail start-up loudly if the port is taken, rather than log and idle.
-    listener._raiseSynchronously = True
-    listener.setServiceParent(server)
+        description = options.endpoint_description()
+        try:
+            endpoint = serverFromString(reactor, description)
+        except (ValueError, TypeError) as e:
+            raise usage.UsageError(
+                f"--endpoint {description!r} is not an endpoint Twisted knows ({e}); "
+                "e.g. tcp:4001 or ssl:4443:privateKey=key.pem:certKey=cert.pem"
+            ) from e
+    secure = str(options["endpoint"] or "").startswith("ssl:")
+    Listener(endpoint, server.site, announce(secure, not options["no-web"])).setServiceParent(
+        server
+    )
     return server

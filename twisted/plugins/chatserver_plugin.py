@@ -12,14 +12,14 @@ class _ChatServerServiceMaker:
 
     @property
     def options(self) -> type:
-        from chatserver.options import Options
+        from chatserver.options import CommandLineOptions
 
-        return Options
+        return CommandLineOptions
 
     def makeService(self, options: object) -> object:
-        from chatserver.tap import make_service
+        from chatserver.tap import make_service_or_exit
 
-        return make_service(options)
+        return make_service_or_exit(options)
 
 
 serviceMaker = _ChatServerServiceMaker()

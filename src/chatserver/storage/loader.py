@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 from typing import Any
-
-from twisted.python.reflect import namedAny
 
 from chatserver.interfaces import IChatStorage
 
@@ -32,7 +32,9 @@ def load_storage(spec: str) -> IChatStorage:
         path = spec.removeprefix("sqlite:")
         if not path:
             raise ValueError("sqlite: needs a path, e.g. sqlite:chat.sqlite3")
-        return SQLiteStorage(path)
+        storage = SQLiteStorage(path)
+        storage.check()  # a file that cannot be used stops start-up, not every request
+        return storage
     if spec.startswith(("mongodb://", "mongodb+srv://")):
         from chatserver.storage.mongo import MongoStorage
 
@@ -40,23 +42,47 @@ def load_storage(spec: str) -> IChatStorage:
     return _load_named(spec)
 
 
+def import_named(spec: str) -> Any:
+    """The object that ``package.module:name`` (or ``module:a.b``) names.
+
+    :raise ValueError: with one line saying what could not be found, and
+        where a module was looked for when it is missing.
+    """
+    module_name, sep, name = spec.partition(":")
+    if not sep or not module_name or not name:
+        raise ValueError(f"name it as package.module:name, not {spec!r}")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is not None and module_name.split(".")[0] == e.name.split(".")[0]:
+            raise ValueError(
+                f"cannot import {module_name!r}: no such module in {os.getcwd()} or on the "
+                "Python path (run from the directory that holds it, or set PYTHONPATH)"
+            ) from e
+        raise ValueError(f"cannot import {module_name!r}: {e}") from e
+    except Exception as e:
+        raise ValueError(f"cannot import {module_name!r}: {type(e).__name__}: {e}") from e
+    for part in name.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no {name!r}") from None
+    return target
+
+
 def _load_named(spec: str) -> IChatStorage:
-    module, sep, name = spec.partition(":")
-    if not sep or not module or not name:
+    if ":" not in spec:
         raise ValueError(
             f"unknown storage {spec!r}: use memory, sqlite:PATH, "
             "mongodb://host:port/db or package.module:name"
         )
-    try:
-        target = namedAny(f"{module}.{name}")
-    except Exception as e:
-        raise ValueError(f"cannot import {spec!r}: {e}") from e
+    target = import_named(spec)
     storage = target
     if not IChatStorage.providedBy(target) and callable(target):
         try:
             storage = target()
         except Exception as e:
-            raise ValueError(f"calling {spec!r} failed: {e}") from e
+            raise ValueError(f"calling {spec!r} failed: {type(e).__name__}: {e}") from e
     if not IChatStorage.providedBy(storage):
         raise ValueError(
             f"{spec!r} gave {storage!r}, which does not provide IChatStorage "
@@ -67,15 +93,14 @@ def _load_named(spec: str) -> IChatStorage:
 
 def load_actions(spec: str) -> dict[str, Any]:
     """Import a mapping of custom actions from ``package.module:name``."""
-    module, sep, name = spec.partition(":")
-    if not sep:
+    if ":" not in spec:
         raise ValueError(f"actions must be given as package.module:name, not {spec!r}")
-    try:
-        actions = namedAny(f"{module}.{name}")
-    except Exception as e:
-        raise ValueError(f"cannot import {spec!r}: {e}") from e
+    actions = import_named(spec)
     if callable(actions) and not hasattr(actions, "items"):
-        actions = actions()
+        try:
+            actions = actions()
+        except Exception as e:
+            raise ValueError(f"calling {spec!r} failed: {type(e).__name__}: {e}") from e
     if not hasattr(actions, "items") or not all(callable(a) for a in actions.values()):
         raise ValueError(f"{spec!r} is not a mapping of action names to callables")
     return dict(actions)

@@ -84,6 +84,7 @@ from txmongo.database import Database
 from txmongo.errors import TimeExceeded
 from zope.interface import implementer
 
+from chatserver._internals import quiet_txmongo
 from chatserver.errors import INVALID_QUERY, NOT_FOUND, STORAGE_ERROR, STORAGE_TIMEOUT, ChatError
 from chatserver.interfaces import (
     IAccountStore,
@@ -93,6 +94,7 @@ from chatserver.interfaces import (
     IStorageStatus,
     IUserDirectory,
 )
+from chatserver.logs import Throttle
 from chatserver.storage.mongo_indexes import INDEXES, IndexProblem, IndexSpec, ensure_index
 
 T = TypeVar("T")
@@ -465,12 +467,21 @@ class MongoStorage(Service):
         self._startup_error: MongoStartupError | None = None
         self._status = STOPPED
         self._waiters: list[Deferred[None]] = []
+        self._log_throttle: Throttle | None = None
         #: The index that serves each of ours (an equivalent one may have another name).
         self.index_names: dict[str, str] = {}
 
     def __repr__(self) -> str:
         # The URI may carry a password: show only hosts and database.
         return f"MongoStorage({self._display!r})"
+
+    @property
+    def _throttle(self) -> Throttle:
+        # Failed calls are logged at most once per kind per interval: an
+        # outage must not write a line per request.
+        if self._log_throttle is None:
+            self._log_throttle = Throttle(self.clock, logger=self.log)
+        return self._log_throttle
 
     @property
     def clock(self) -> IReactorTime:
@@ -489,6 +500,7 @@ class MongoStorage(Service):
         :meth:`whenReady` and :meth:`status`.
         """
         super().startService()
+        quiet_txmongo()
         self._pool = ConnectionPool(self.uri, **self._pool_options)
         self._db = self._pool[self.database_name]
         self._ready = False
@@ -690,8 +702,11 @@ class MongoStorage(Service):
                     raise
                 # txmongo has already dropped the dead connection, so this
                 # waits for the reconnection (or the deadline).
-                self.log.info(
-                    "MongoDB {name}: {error}; retrying once", name=name, error=_describe(e)
+                self._throttle.info(
+                    f"retry-{name}",
+                    "MongoDB {name}: {error}; retrying once",
+                    name=name,
+                    error=_describe(e),
                 )
                 return await op(db)
 
@@ -719,7 +734,14 @@ class MongoStorage(Service):
             message = "MongoDB is unavailable"
         else:
             message = "MongoDB request failed"
-        self.log.warn("MongoDB {name} failed: {error}", name=name, error=_describe(error))
+        if self._ready:
+            self._throttle.warn(
+                f"failed-{name}",
+                "MongoDB {name} failed: {error}",
+                name=name,
+                error=_describe(error),
+            )
+        # else start-up is still trying to reach MongoDB, and logs each attempt itself.
         mongo_code = error.code if isinstance(error, OperationFailure) else None
         return Failure(MongoStorageError(message, mongo_code, code))
 

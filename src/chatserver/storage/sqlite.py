@@ -446,6 +446,28 @@ class SQLiteStorage(Service):
 
     # Life cycle
 
+    def check(self) -> None:
+        """Open the file once, creating or upgrading its schema, and close it.
+
+        This blocks: it is for start-up, before anything is served, so that a
+        file that cannot be used stops the server at once instead of failing
+        every request. :meth:`startService` does not need it.
+
+        :raise ValueError: one line saying why the file cannot be used.
+        """
+        if self.path == ":memory:" or self.path.startswith("file:"):
+            return
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise ValueError(
+                f"cannot open the chat database {self.path}: the directory {folder} does not "
+                "exist (create it, or give another sqlite:PATH)"
+            )
+        try:
+            open_database(self.path).close()
+        except (sqlite3.Error, OSError, RuntimeError) as e:
+            raise ValueError(f"cannot open the chat database {self.path}: {e}") from e
+
     def startService(self) -> None:
         """Start the worker thread and queue opening the file."""
         if self._pool is not None:
