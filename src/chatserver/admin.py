@@ -90,6 +90,7 @@ async def _every(list_page: Callable[..., object]) -> AsyncIterator[dict[str, An
 
 
 def _names(ids: Sequence[str]) -> str:
+    """``'a', 'b'``: ids as an error line names them."""
     return ", ".join(repr(i) for i in ids)
 
 
@@ -102,6 +103,8 @@ class Failed(Exception):
 
 
 async def users_add(storage: IAccountStore, args: argparse.Namespace) -> int:
+    """Create the user; print their token alone on stdout (the only time it
+    can be read: the store keeps a hash)."""
     token = await _settle(storage.add_user(args.user, args.name))
     print(token)  # alone on its line, so scripts can capture it
     print(f"created user {args.user!r}; keep the token above safe", file=sys.stderr)
@@ -109,12 +112,14 @@ async def users_add(storage: IAccountStore, args: argparse.Namespace) -> int:
 
 
 async def users_list(storage: IAccountStore, args: argparse.Namespace) -> int:
+    """Print every user as ``id<TAB>name``, by id, however many there are."""
     async for user in _every(storage.list_all_users):
         print(f"{user['id']}\t{user['name']}")
     return 0
 
 
 async def users_remove(storage: IAccountStore, args: argparse.Namespace) -> int:
+    """Delete the user (the store ends their sessions); fail if there is none."""
     if not await _settle(storage.remove_user(args.user)):
         raise Failed(f"no user {args.user!r}")
     return 0
@@ -137,6 +142,7 @@ async def _refuse_unknown_users(
 
 
 async def _group(storage: IAccountStore, group_id: str) -> dict[str, Any]:
+    """The group ``{"id", "name", "members"}``; fail if there is none."""
     group: dict[str, Any] | None = await _settle(storage.get_group(group_id))
     if group is None:
         raise Failed(f"no group {group_id!r}")
@@ -144,36 +150,44 @@ async def _group(storage: IAccountStore, group_id: str) -> dict[str, Any]:
 
 
 async def groups_add(storage: IAccountStore, args: argparse.Namespace) -> int:
+    """Create the group, or replace its members; nothing changes when a member
+    is refused."""
     await _refuse_unknown_users(storage, args, args.members)
     await _settle(storage.add_group(args.group, args.members))
     return 0
 
 
 async def groups_list(storage: IAccountStore, args: argparse.Namespace) -> int:
+    """Print every group as its id then its members, tab-separated, by id."""
     async for group in _every(storage.list_all_groups):
         print("\t".join([group["id"], *group["members"]]))
     return 0
 
 
 async def groups_remove(storage: IAccountStore, args: argparse.Namespace) -> int:
+    """Delete the group; fail if there is none."""
     if not await _settle(storage.remove_group(args.group)):
         raise Failed(f"no group {args.group!r}")
     return 0
 
 
 async def groups_add_member(storage: IAccountStore, args: argparse.Namespace) -> int:
+    """Add the users to an existing group; those already in it are named on
+    stderr, and are no failure (what was asked holds)."""
     members = (await _group(storage, args.group))["members"]
     await _refuse_unknown_users(storage, args, args.users)
     already = [u for u in dict.fromkeys(args.users) if u in members]
     for user_id in dict.fromkeys(args.users):
         if user_id not in already:
             await _settle(storage.add_member(args.group, user_id))
-    if already:  # what was asked holds: not a failure, but worth knowing
+    if already:
         print(f"already in {args.group!r}: {_names(already)}", file=sys.stderr)
     return 0
 
 
 async def groups_remove_member(storage: IAccountStore, args: argparse.Namespace) -> int:
+    """Take the users out of the group: all of them, or none when one of
+    them is not a member."""
     members = (await _group(storage, args.group))["members"]
     # Checked first, so that a typo changes nothing.
     outsiders = [u for u in dict.fromkeys(args.users) if u not in members]
