@@ -202,6 +202,30 @@ async def test_users_on_each_store(tmp_path, store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_new_token_and_revoke_on_each_store(tmp_path, store):
+    old = chatserver("users", "add", "bob", "--storage", store, cwd=tmp_path).stdout.strip()
+    storage = await open_store(store)
+    try:
+        _, cursor = await storage.revocationsAfter(None)
+        renewed = chatserver("users", "new-token", "bob", "--storage", store, cwd=tmp_path)
+        assert renewed.returncode == 0, renewed.stderr
+        [new] = renewed.stdout.splitlines()
+        assert new != old
+        assert await storage.authorize({"token": old}) is None
+        assert await storage.authorize({"token": new}) is not None
+        # Any id may be revoked: users may sign in through something else.
+        for user in ("bob", "someone-elsewhere"):
+            revoked = chatserver("-s", store, "users", "revoke", user, cwd=tmp_path)
+            assert (revoked.returncode, revoked.stdout, revoked.stderr) == (0, "", "")
+        revoked_ids, _ = await storage.revocationsAfter(cursor)
+        assert {"bob", "someone-elsewhere"} <= set(revoked_ids)
+    finally:
+        await storage.stopService()
+    nobody = chatserver("users", "new-token", "zed", "--storage", store, cwd=tmp_path)
+    assert one_line_error(nobody) == "error: no user 'zed'"
+
+
+@pytest_twisted.ensureDeferred
 async def test_groups_on_each_store(tmp_path, store):
     for user in ("alice", "bob", "carol"):
         assert chatserver("users", "add", user, "-s", store, cwd=tmp_path).returncode == 0
@@ -317,6 +341,8 @@ def test_usage_errors_through_python_m_chatserver(tmp_path, args):
         ("users add", "USER [NAME]"),
         ("users list", ""),
         ("users remove", "USER"),
+        ("users new-token", "USER"),
+        ("users revoke", "USER"),
         ("groups add", "GROUP MEMBER [MEMBER ...]"),
         ("groups list", ""),
         ("groups remove", "GROUP"),
@@ -350,7 +376,7 @@ def test_top_level_help_lists_server_options_and_admin_commands(tmp_path):
         assert server_option in result.stdout
     for command in ("users add", "users list", "users remove", "groups add-member"):
         assert command in result.stdout
-    for command in ("groups remove-member", "migrate-seed", "--allow-unknown"):
+    for command in ("users revoke", "groups remove-member", "migrate-seed", "--allow-unknown"):
         assert command in result.stdout
     assert "Twisted version" not in result.stdout
     assert admin("--help", cwd=tmp_path).stdout.startswith("usage: python -m chatserver")

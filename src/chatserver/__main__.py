@@ -26,6 +26,8 @@ Admin commands (each takes --storage sqlite:PATH or mongodb://host:port/db, anyw
   users add USER [NAME]               create a user; prints their token, once
   users list                          list users: id, tab, name
   users remove USER                   delete a user; their sessions end
+  users new-token USER                give a user a new token (printed once)
+  users revoke USER                   end a user's live sessions
   groups add GROUP MEMBER...          create a group, or replace its members
   groups list                         list groups: id, then members
   groups remove GROUP                 delete a group

@@ -6,6 +6,8 @@ that provides :class:`~chatserver.interfaces.IAccountStore`.
     users add USER [NAME]                create a user; prints their token (only this once)
     users list                           one line per user: id, tab, name
     users remove USER
+    users new-token USER                 a new token, printed once; the old one stops working
+    users revoke USER                    end the user's live sessions on every node
     groups add GROUP MEMBER...           create a group, or replace its members
     groups list                          one line per group: id, then its members, tab-separated
     groups remove GROUP
@@ -122,6 +124,22 @@ async def users_remove(storage: IAccountStore, args: argparse.Namespace) -> int:
     """Delete the user (the store ends their sessions); fail if there is none."""
     if not await _settle(storage.remove_user(args.user)):
         raise Failed(f"no user {args.user!r}")
+    return 0
+
+
+async def users_new_token(storage: IAccountStore, args: argparse.Namespace) -> int:
+    """Give the user a new random token, printed alone on stdout; the old one
+    stops working and their sessions end. Fail if there is no such user."""
+    token = await _settle(storage.set_token(args.user))
+    print(token)
+    print(f"new token for {args.user!r}; the old one no longer works", file=sys.stderr)
+    return 0
+
+
+async def users_revoke(storage: IAccountStore, args: argparse.Namespace) -> int:
+    """End the user's live sessions on every server node (they may sign in
+    again); any id will do, with an account or without (users signed in elsewhere)."""
+    await _settle(storage.revoke_sessions(args.user))
     return 0
 
 
@@ -257,7 +275,7 @@ def parser() -> argparse.ArgumentParser:
         sub.set_defaults(run=run, allow_unknown=False)
         return sub
 
-    users = group("users", "Add, list or remove users.")
+    users = group("users", "Add, list or remove users; new tokens; end sessions.")
     add = command(users, "add", users_add, "Create a user and print their token (only once).")
     add.add_argument("user", metavar="USER", help="the user's id")
     add.add_argument("name", metavar="NAME", nargs="?", help="their display name (default: USER)")
@@ -270,6 +288,21 @@ def parser() -> argparse.ArgumentParser:
         "memberships go; their messages stay).",
     )
     remove.add_argument("user", metavar="USER")
+    token = command(
+        users,
+        "new-token",
+        users_new_token,
+        "Give a user a new token and print it (only once); the old one stops working "
+        "and their sessions end.",
+    )
+    token.add_argument("user", metavar="USER")
+    revoke = command(
+        users,
+        "revoke",
+        users_revoke,
+        "End a user's live sessions on every server node; they may sign in again.",
+    )
+    revoke.add_argument("user", metavar="USER")
 
     groups = group("groups", "Add, list or remove groups and their members.")
     gadd = command(
