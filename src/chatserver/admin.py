@@ -345,17 +345,22 @@ def hoist(argv: list[str]) -> list[str]:
     parser cannot take them between the values of a ``MEMBER...`` argument."""
     hoisted: list[str] = []
     rest: list[str] = []
-    args = iter(argv)
-    for arg in args:
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
         if arg == "--":
-            return rest + hoisted + [arg, *args]
+            return rest + hoisted + argv[i:]
         name = arg.partition("=")[0] if arg.startswith("--") else arg
         if name not in ANYWHERE:
             rest.append(arg)
         elif ANYWHERE[name] and "=" not in arg:
-            hoisted.extend([arg, *[next(args, "")][:1]])  # "": the parser says it is missing
+            hoisted.extend(
+                argv[i : i + 2]
+            )  # alone at the end: the parser says its value is missing
+            i += 1
         else:
             hoisted.append(arg)
+        i += 1
     return rest + hoisted
 
 
