@@ -215,7 +215,17 @@ def people(browser, servers, request) -> Iterator[Callable[..., Person]]:
 
 def test_two_people_chat_live_and_survive_a_server_restart(people, servers, tmp_path):
     storage = f"sqlite:{tmp_path / 'chat.sqlite3'}"
-    admin("groups", "add", "team", "alice", "bob", "--storage", storage, cwd=tmp_path)
+    admin(
+        "groups",
+        "add",
+        "--allow-unknown",
+        "team",
+        "alice",
+        "bob",
+        "--storage",
+        storage,
+        cwd=tmp_path,
+    )
     server = start_server(servers, tmp_path, "--dev-auth")
     bob = people(server, "bob")
     bob.sign_in()
@@ -316,6 +326,7 @@ def test_presence_dots_change_within_a_second(people, servers, tmp_path):
     admin(
         "groups",
         "add",
+        "--allow-unknown",
         "team",
         "alice",
         "carol",
@@ -334,7 +345,18 @@ def test_presence_dots_change_within_a_second(people, servers, tmp_path):
 
 def test_someone_is_typing(people, servers, tmp_path):
     storage = f"sqlite:{tmp_path / 'chat.sqlite3'}"
-    admin("groups", "add", "team", "alice", "bob", "carol", "--storage", storage, cwd=tmp_path)
+    admin(
+        "groups",
+        "add",
+        "--allow-unknown",
+        "team",
+        "alice",
+        "bob",
+        "carol",
+        "--storage",
+        storage,
+        cwd=tmp_path,
+    )
     server = start_server(servers, tmp_path, "--dev-auth")
     alice = people(server, "alice")
     alice.sign_in()
@@ -379,7 +401,18 @@ def test_someone_is_typing(people, servers, tmp_path):
 
 def test_unread_counts_title_and_notifications(people, servers, tmp_path):
     storage = f"sqlite:{tmp_path / 'chat.sqlite3'}"
-    admin("groups", "add", "team", "alice", "carol", "dave", "--storage", storage, cwd=tmp_path)
+    admin(
+        "groups",
+        "add",
+        "--allow-unknown",
+        "team",
+        "alice",
+        "carol",
+        "dave",
+        "--storage",
+        storage,
+        cwd=tmp_path,
+    )
     server = start_server(servers, tmp_path, "--dev-auth")
     alice = people(server, "alice", stand_ins=True)
     alice.sign_in()
@@ -432,7 +465,17 @@ def test_unread_counts_title_and_notifications(people, servers, tmp_path):
 
 def test_catch_up_after_a_server_restart(people, servers, tmp_path):
     storage = f"sqlite:{tmp_path / 'chat.sqlite3'}"
-    admin("groups", "add", "team", "alice", "bob", "--storage", storage, cwd=tmp_path)
+    admin(
+        "groups",
+        "add",
+        "--allow-unknown",
+        "team",
+        "alice",
+        "bob",
+        "--storage",
+        storage,
+        cwd=tmp_path,
+    )
     server = start_server(servers, tmp_path, "--dev-auth")
     with ChatSocket(server, "bob") as bob:
         bob.call("create", {"to": "alice", "text": "Before the restart"})
@@ -492,7 +535,18 @@ def test_catch_up_after_a_server_restart(people, servers, tmp_path):
 
 def test_messages_stand_in_the_servers_order_in_every_window(people, servers, tmp_path):
     storage = f"sqlite:{tmp_path / 'chat.sqlite3'}"
-    admin("groups", "add", "team", "alice", "bob", "carol", "--storage", storage, cwd=tmp_path)
+    admin(
+        "groups",
+        "add",
+        "--allow-unknown",
+        "team",
+        "alice",
+        "bob",
+        "carol",
+        "--storage",
+        storage,
+        cwd=tmp_path,
+    )
     server = start_server(servers, tmp_path, "--dev-auth")
     alice = people(server, "alice")
     alice.sign_in()

@@ -111,7 +111,17 @@ def key_file(directory: Path) -> Path:
 def api_node(tmp_path):
     """A node with the API, dev sign-in and group ``team`` (alice, bob)."""
     db = tmp_path / "chat.sqlite3"
-    admin("groups", "add", "team", "alice", "bob", "--storage", f"sqlite:{db}", cwd=tmp_path)
+    admin(
+        "groups",
+        "add",
+        "--allow-unknown",
+        "team",
+        "alice",
+        "bob",
+        "--storage",
+        f"sqlite:{db}",
+        cwd=tmp_path,
+    )
     node = ServerProcess.twistd(
         "--storage",
         f"sqlite:{db}",
@@ -365,7 +375,17 @@ async def test_api_messages_appear_in_the_conversation_list(api_node):
 @pytest.fixture
 def two_nodes(tmp_path, redis):  # noqa: F811 (the fixture imported above)
     db = tmp_path / "shared.sqlite3"
-    admin("groups", "add", "team", "alice", "bob", "--storage", f"sqlite:{db}", cwd=tmp_path)
+    admin(
+        "groups",
+        "add",
+        "--allow-unknown",
+        "team",
+        "alice",
+        "bob",
+        "--storage",
+        f"sqlite:{db}",
+        cwd=tmp_path,
+    )
     keys = key_file(tmp_path)
     nodes = []
     for _ in range(2):

@@ -125,7 +125,17 @@ async def test_a_fresh_token_extends_the_session(serve, make_server):
 @pytest_twisted.ensureDeferred
 async def test_the_plugin_signs_in_with_jwts_and_keeps_the_stores_groups(tmp_path):
     db = tmp_path / "chat.sqlite3"
-    admin("groups", "add", "team", "alice", "bob", "--storage", f"sqlite:{db}", cwd=tmp_path)
+    admin(
+        "groups",
+        "add",
+        "--allow-unknown",
+        "team",
+        "alice",
+        "bob",
+        "--storage",
+        f"sqlite:{db}",
+        cwd=tmp_path,
+    )
     keys = ed25519_pair()
     server = ServerProcess.twistd(
         "--storage",
