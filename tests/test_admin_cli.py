@@ -299,8 +299,9 @@ def test_mongodb_unreachable_fails_within_seconds_naming_the_host(tmp_path):
 
 def test_sqlite_file_that_cannot_be_opened(tmp_path):
     path = tmp_path / "missing" / "chat.sqlite3"
-    line = one_line_error(chatserver("users", "list", "-s", f"sqlite:{path}", cwd=tmp_path))
-    assert line.startswith("error: ") and str(path) in line
+    result = chatserver("users", "list", "-s", f"sqlite:{path}", cwd=tmp_path)
+    line = one_line_error(result, code=2)  # the --storage given cannot be used
+    assert f"cannot open the chat database {path}: the directory" in line
 
 
 def test_a_store_without_accounts_is_refused(tmp_path):
