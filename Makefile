@@ -16,7 +16,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/activate
 
 ## run: start a server on ws://localhost:$(PORT) that anyone can sign in to by name (a demo)
 run: $(VENV)/.installed
-	$(BIN)/twistd --nodaemon --pidfile= chatserver --port $(PORT) --dev-auth
+	@# A group for the demo's people (alice, bob, carol, dave), as in the README's picture.
+	$(BIN)/python -m chatserver groups add team alice bob carol dave --name "Platform team" --allow-unknown
+	$(BIN)/twistd --nodaemon --pidfile= chatserver --port $(PORT) --dev-auth --directory all
 
 ## test: lint, then the whole suite
 test: $(VENV)/.installed lint

@@ -233,7 +233,7 @@ async def test_groups_on_each_store(tmp_path, store):
     def run(*args):
         return chatserver(*args, "--storage", store, cwd=tmp_path)
 
-    assert run("groups", "add", "team", "alice", "bob").returncode == 0
+    assert run("groups", "add", "team", "alice", "bob", "--name", "The team").returncode == 0
     assert run("groups", "add", "pair", "carol", "alice").returncode == 0
     assert run("groups", "list").stdout == "pair\tcarol\talice\nteam\talice\tbob\n"
 
@@ -260,6 +260,7 @@ async def test_groups_on_each_store(tmp_path, store):
     storage = await open_store(store)
     try:
         assert await storage.getGroupUserIds({"groupId": "team"}) == ["carol"]
+        assert (await storage.get_group("team"))["name"] == "The team"
         assert await storage.getGroupUserIds({"groupId": "pair"}) == []
     finally:
         await storage.stopService()

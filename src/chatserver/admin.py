@@ -8,7 +8,7 @@ that provides :class:`~chatserver.interfaces.IAccountStore`.
     users remove USER
     users new-token USER                 a new token, printed once; the old one stops working
     users revoke USER                    end the user's live sessions on every node
-    groups add GROUP MEMBER...           create a group, or replace its members
+    groups add GROUP MEMBER... [--name NAME]  create a group, or replace its members
     groups list                          one line per group: id, then its members, tab-separated
     groups remove GROUP
     groups add-member GROUP USER...
@@ -171,7 +171,7 @@ async def groups_add(storage: IAccountStore, args: argparse.Namespace) -> int:
     """Create the group, or replace its members; nothing changes when a member
     is refused."""
     await _refuse_unknown_users(storage, args, args.members)
-    await _settle(storage.add_group(args.group, args.members))
+    await _settle(storage.add_group(args.group, args.members, args.name))
     return 0
 
 
@@ -314,6 +314,7 @@ def parser() -> argparse.ArgumentParser:
     )
     gadd.add_argument("group", metavar="GROUP")
     gadd.add_argument("members", metavar="MEMBER", nargs="+", help="user ids")
+    gadd.add_argument("--name", help="the group's display name (default: kept, or GROUP)")
     command(
         groups, "list", groups_list, "List groups, one per line: id, then members, tab-separated."
     )
