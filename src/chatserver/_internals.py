@@ -58,8 +58,8 @@ from typing import Any, Protocol
 
 import txaio
 from twisted.internet import tcp
-from twisted.internet.protocol import connectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
