@@ -11,6 +11,8 @@ and restart it.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,7 +30,7 @@ from chatserver.storage.mongo import MongoStorage
 from tests import test_chat_client_compat as compat
 from tests import test_conformance_wire as wire
 from tests.mongo import SecantusServer, drop_database, new_database_name, with_database
-from tests.processes import ROOT, ServerProcess
+from tests.processes import ROOT, ServerProcess, admin
 
 DEMO_USERS = ("alice", "bob", "carol", "dave")
 
@@ -100,14 +102,19 @@ def flow(mongodb_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     node, npm = compat._require_tools()
     compat._install_node_packages(npm)
     uri = with_database(mongodb_server, new_database_name())
-    pytest_twisted.blockon(
-        Deferred.fromCoroutine(provision(uri, ("alice", "bob", "carol"), team=["alice", "bob"]))
-    )
+    # Users and the group made as an operator would: by the admin CLI.
+    scratch = tmp_path_factory.mktemp("admin")
+    tokens = {
+        user: admin("users", "add", user, user.title(), "--storage", uri, cwd=scratch)
+        for user in ("alice", "bob", "carol")
+    }
+    admin("groups", "add", "team", "alice", "bob", "--name", "Team", "--storage", uri, cwd=scratch)
     server = ServerProcess.twistd("--storage", uri, cwd=tmp_path_factory.mktemp("chat"))
     try:
         result = subprocess.run(
             [node, str(compat.FLOW), server.url],
             cwd=compat.COMPAT_DIR,
+            env={**os.environ, "FLOW_TOKENS": json.dumps(tokens)},
             capture_output=True,
             text=True,
             timeout=compat.FLOW_TIMEOUT,

@@ -18,7 +18,10 @@ const ChatClient = require('chat-client');
 const url = process.argv[2];
 const WAIT_MS = Number(process.env.FLOW_WAIT_MS || 5000); // one reply, push or close
 const STEP_MS = Number(process.env.FLOW_STEP_MS || 30000); // a whole step
-const TOKENS = { alice: 'alice-token', bob: 'bob-token', carol: 'carol-token' };
+// FLOW_TOKENS (JSON) gives the tokens of a store provisioned otherwise, e.g. by the admin CLI.
+const TOKENS = process.env.FLOW_TOKENS
+  ? JSON.parse(process.env.FLOW_TOKENS)
+  : { alice: 'alice-token', bob: 'bob-token', carol: 'carol-token' };
 
 if (!url) {
   console.error('usage: node flow.js ws://HOST:PORT');
