@@ -473,3 +473,22 @@ async def test_routing_and_presence_recover_after_redis_restarts(cluster, redis)
         assert users_in_redis(redis) == {"alice", "carol"}  # the map in Redis is whole again
     finally:
         await close(alice, bob, carol)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_stopping_cleanly_leaves_nothing_behind(cluster, redis):
+    a, b = cluster(), cluster()
+    alice, bob = await login(a, "alice"), await login(b, "bob")
+    try:
+        await until_online(alice, "bob")
+        assert users_in_redis(redis) == {"alice", "bob"}
+        b.stop()  # SIGTERM: says goodbye to bob, then to the cluster
+        # Gone from Redis at once, not when its heartbeat would have expired.
+        assert len(redis_cli(redis, "SMEMBERS", "chatserver:nodes").split()) == 1
+        alive = redis_cli(redis, "--scan", "--pattern", "chatserver:node:*:alive").split()
+        assert len(alive) == 1
+        assert users_in_redis(redis) == {"alice"}
+        assert await alice.next_push("presence", timeout=NOTICE) == {"id": "bob", "online": False}
+        assert b"stopped answering" not in a.log  # it said it was leaving
+    finally:
+        await close(alice, bob)

@@ -417,9 +417,9 @@ class RedisCluster(Service):
         body = message[NODE_ID_BYTES:]
         try:
             if channel == self.node_channel:
-                self.received_count += 1
                 recipients, _, payload = body.partition(b"\n")
                 self._registry.deliver(payload, [str(u) for u in orjson.loads(recipients)])
+                self.received_count += 1
             elif channel == self.presence_channel:
                 self._presence(sender.decode(), orjson.loads(body))
             elif channel == self.broadcast_channel:
@@ -527,7 +527,8 @@ class RedisCluster(Service):
 
     async def _leave(self) -> None:
         publisher = self._publisher
-        if self._registered_on is publisher and publisher is not None:
+        registered, self._registered_on = self._registered_on, None  # no more announcements
+        if registered is publisher and publisher is not None:
             # Tell the others now, rather than let them wait for the heartbeat
             # to expire.
             message = self.node_id + orjson.dumps({"gone": True})
@@ -540,7 +541,6 @@ class RedisCluster(Service):
                 await d.addTimeout(LEAVE_TIMEOUT, self._reactor)
             except Exception:
                 pass  # the heartbeat expires by itself
-        self._registered_on = None
         services, self._services = self._services, []
         await gatherResults([s.stopService() for s in services], consumeErrors=True)
 

@@ -122,6 +122,8 @@ class NodeMap:
         """``node`` says these users arrived there and these left (and, by
         saying anything, that it is alive)."""
         arrived, left = list(arrived), list(left)
+        if not arrived and node not in self._users_of:
+            return  # departures from a node that left, or was forgotten: nothing to undo
         self._changing([*arrived, *left], lambda: self._apply(node, arrived, left), known=node)
 
     def replace(self, node: str, user_ids: Iterable[str]) -> None:
