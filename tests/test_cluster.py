@@ -492,3 +492,26 @@ async def test_a_node_stopping_cleanly_leaves_nothing_behind(cluster, redis):
         assert b"stopped answering" not in a.log  # it said it was leaving
     finally:
         await close(alice, bob)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_node_stalled_past_its_heartbeat_comes_back_with_its_users(cluster):
+    a, b = cluster(), cluster()
+    alice, bob = await login(a, "alice"), await login(b, "bob")
+    try:
+        await until_online(alice, "bob")
+        b.process.send_signal(signal.SIGSTOP)  # alive, but silent: taken for dead
+        try:
+            assert await alice.next_push("presence", timeout=NOTICE) == {
+                "id": "bob",
+                "online": False,
+            }
+        finally:
+            b.process.send_signal(signal.SIGCONT)
+        # Its next heartbeat finds it was removed; it announces its users again.
+        assert await alice.next_push("presence", timeout=NOTICE) == {"id": "bob", "online": True}
+        assert b.wait_for_log(b"taken for dead"), b.log.decode()
+        stored = await alice.send({"to": "bob", "text": "welcome back"})
+        assert (await bob.next_push("chatMessage"))["_id"] == stored["_id"]
+    finally:
+        await close(alice, bob)
