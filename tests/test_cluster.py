@@ -315,6 +315,10 @@ async def test_a_message_between_users_of_one_node_publishes_nothing(cluster, re
         far = await alice.send({"to": "carol", "text": "over there"})
         assert (await carol.next_push("chatMessage"))["_id"] == far["_id"]
         assert publishes(redis) == 1
+        await alice.request("announce", {"text": "to all"})  # a broadcast: one more
+        for client in (alice, bob, carol):
+            assert await client.next_push("announcement") == {"text": "to all"}
+        assert publishes(redis) == 2
     finally:
         await close(alice, bob, carol)
 
