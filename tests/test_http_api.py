@@ -408,10 +408,23 @@ def two_nodes(tmp_path, redis):  # noqa: F811 (the fixture imported above)
         node.stop()
 
 
+async def until_present(node: ServerProcess, **expected: bool) -> None:
+    """Wait until ``node``'s /api/presence says ``expected`` (other nodes'
+    announcements take a moment to arrive)."""
+    deadline = time.monotonic() + 10
+    while True:
+        answer = await call(node, b"POST", "/api/presence", {"users": list(expected)})
+        if answer.body == expected:
+            return
+        assert time.monotonic() < deadline, answer.body
+        await deferLater(reactor, 0.05)  # polling another process; there is no event to await
+
+
 @pytest_twisted.ensureDeferred
 async def test_calls_on_one_node_reach_users_on_the_other(two_nodes):
     a, b = two_nodes
     alice, bob = await login(a, "alice"), await login(b, "bob")
+    await until_present(a, bob=True)  # a routes to b only once it knows bob is there
     for method, path, body in CALLS:  # the key works on each node
         assert (await call(b, method, path, body, key=None)).code == 401
     answer = await call(a, b"POST", "/api/send", {"type": "ping", "data": 1, "users": ["bob"]})
@@ -438,17 +451,19 @@ async def test_calls_on_one_node_reach_users_on_the_other(two_nodes):
     await close(alice)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ServerAPI.online() answers for this node only until presence is cluster-wide",
-)
 @pytest_twisted.ensureDeferred
 async def test_presence_across_nodes(two_nodes):
     a, b = two_nodes
     alice, bob = await login(a, "alice"), await login(b, "bob")
     try:
+        await until_present(a, bob=True)
+        await until_present(b, alice=True)
         answer = await call(a, b"GET", "/api/presence?ids=alice,bob,carol")
         assert answer.body == {"alice": True, "bob": True, "carol": False}
+        answer = await call(b, b"GET", "/api/presence?ids=alice,bob,carol")
+        assert answer.body == {"alice": True, "bob": True, "carol": False}
+        await close(bob)
+        await until_present(a, bob=False)  # after the grace
     finally:
         await close(alice, bob)
 

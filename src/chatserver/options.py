@@ -73,7 +73,7 @@ class Options(usage.Options):
             "redis",
             None,
             None,
-            "Cluster mode: share pushes with other nodes through this Redis, "
+            "Cluster mode: share pushes and presence with other nodes through this Redis, "
             "e.g. redis://127.0.0.1:6379/0 (add ?prefix=NAME to share one Redis "
             "between deployments).",
         ],

@@ -128,7 +128,8 @@ def build_server(
     :param limits: the :class:`Limits` to enforce (the defaults if ``None``).
     :param allowed_origins: origins whose web pages may connect (``None``: any).
     :param cluster: a :class:`~chatserver.cluster.RedisCluster` to reach
-        users on other nodes; ``None`` for a single node.
+        users on other nodes and know who is online on any of them (it is
+        then the router and the presence); ``None`` for a single node.
     :param directory: the ``getUsersAndGroups`` action: ``"contacts"`` (the
         caller's contacts and groups), ``"all"`` (every user: demos), or
         ``None`` (no such action). An action of that name in ``actions`` wins.
