@@ -57,8 +57,8 @@ from twisted.logger import Logger
 from chatserver import wire
 from chatserver.delivery import RegistryObserver
 from chatserver.errors import Ending
-from chatserver.nodemap import PRESENCE_GRACE, NodeMap
-from chatserver.server import PresenceObserver
+from chatserver.nodemap import NodeMap
+from chatserver.server import PRESENCE_GRACE, PresenceObserver
 
 log = Logger()
 

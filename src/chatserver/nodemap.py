@@ -26,10 +26,7 @@ from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from chatserver.server import PresenceObserver
-
-#: Seconds between a user's last session closing anywhere and "offline".
-PRESENCE_GRACE = 2.0
+from chatserver.server import PRESENCE_GRACE, PresenceObserver
 
 
 class LocalUsers(Protocol):

@@ -166,7 +166,7 @@ def build_server(
         router = presence = cluster
     else:
         router = LocalRouter(registry)
-        presence = LocalPresence(registry)
+        presence = LocalPresence(registry, reactor)
     api = ServerAPI(router, registry, presence, events)
 
     actions = dict(actions or {})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from twisted.internet.task import Clock
+
 from chatserver.delivery import LocalRouter, SessionRegistry
 from chatserver.errors import Ending
 from chatserver.events import EventEmitter
@@ -24,7 +26,9 @@ class Observer:
 
 def make():
     registry = SessionRegistry(text_frame)
-    api = ServerAPI(LocalRouter(registry), registry, LocalPresence(registry), EventEmitter())
+    api = ServerAPI(
+        LocalRouter(registry), registry, LocalPresence(registry, Clock()), EventEmitter()
+    )
     return registry, api
 
 

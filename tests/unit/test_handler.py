@@ -25,7 +25,9 @@ class World:
         self.registry = SessionRegistry(text_frame)
         self.router = LocalRouter(self.registry)
         self.events = EventEmitter()
-        self.api = ServerAPI(self.router, self.registry, LocalPresence(self.registry), self.events)
+        self.api = ServerAPI(
+            self.router, self.registry, LocalPresence(self.registry, self.clock), self.events
+        )
         self.storage = storage or demo_storage()
         self.handler = ChatHandler(
             self.storage, self.registry, self.router, self.events, self.clock, **kwargs
