@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from typing import Any
-
-from twisted.python.reflect import namedAny
 
 from chatserver.interfaces import IChatStorage
 
@@ -47,10 +48,7 @@ def _load_named(spec: str) -> IChatStorage:
             f"unknown storage {spec!r}: use memory, sqlite:PATH, "
             "mongodb://host:port/db or package.module:name"
         )
-    try:
-        target = namedAny(f"{module}.{name}")
-    except Exception as e:
-        raise ValueError(f"cannot import {spec!r}: {e}") from e
+    target = named_object(spec)
     storage = target
     if not IChatStorage.providedBy(target) and callable(target):
         try:
@@ -65,15 +63,35 @@ def _load_named(spec: str) -> IChatStorage:
     return storage
 
 
+def named_object(spec: str) -> Any:
+    """Import what ``package.module:name`` names (``name`` may be dotted).
+
+    The current directory is searched too, after everything else: twistd,
+    unlike ``python -m``, does not put it on ``sys.path``, and a module of
+    one's own usually sits in the directory the server is started from.
+
+    @raise ValueError: saying what could not be imported, and why.
+    """
+    module_name, _, name = spec.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as e:
+        raise ValueError(f"cannot import {spec!r}: {type(e).__name__}: {e}") from e
+    for part in name.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(f"cannot import {spec!r}: {module_name} has no {name!r}") from None
+    return target
+
+
 def load_actions(spec: str) -> dict[str, Any]:
     """Import a mapping of custom actions from ``package.module:name``."""
-    module, sep, name = spec.partition(":")
-    if not sep:
+    if ":" not in spec:
         raise ValueError(f"actions must be given as package.module:name, not {spec!r}")
-    try:
-        actions = namedAny(f"{module}.{name}")
-    except Exception as e:
-        raise ValueError(f"cannot import {spec!r}: {e}") from e
+    actions = named_object(spec)
     if callable(actions) and not hasattr(actions, "items"):
         actions = actions()
     if not hasattr(actions, "items") or not all(callable(a) for a in actions.values()):
