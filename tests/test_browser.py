@@ -44,6 +44,9 @@ except ImportError:  # pragma: no cover - depends on the environment
         raise
     pytest.skip("playwright is not installed: pip install -e '.[test]'", allow_module_level=True)
 
+# `-m "not browser"` leaves these out (the runs on the other Pythons: README "Tests").
+pytestmark = pytest.mark.browser
+
 ARTIFACTS = ROOT / "test-artifacts"
 TIMEOUT_MS = 10_000
 # Reconnection waits up to ~5 s between attempts, and a restart takes a moment.

@@ -91,10 +91,30 @@ async def test_python_m_chatserver_runs_the_same_server(tmp_path):
         assert server.stop() in (0, -signal.SIGTERM)
 
 
+@pytest_twisted.ensureDeferred
+async def test_twistd_finds_a_storage_module_in_the_directory_it_starts_in(tmp_path):
+    """A newcomer's `mystore.py` beside them, and nothing on PYTHONPATH: twistd,
+    unlike `python -m`, does not put the current directory on sys.path."""
+    (tmp_path / "mystore.py").write_text(
+        "from chatserver import MemoryStorage\n"
+        "\n"
+        "def MyStorage():\n"
+        "    return MemoryStorage(users={'a-token': {'id': 'a'}, 'b-token': {'id': 'b'}})\n"
+    )
+    argv = [str(TWISTD), "--nodaemon", "--pidfile=", "chatserver", "--storage", "mystore:MyStorage"]
+    argv += ["--endpoint", "tcp:0:interface=127.0.0.1"]
+    server = ServerProcess(argv, cwd=tmp_path, env={"PYTHONPATH": ""})
+    try:
+        await chat_between_two(server.url, ({"token": "a-token"}, {"token": "b-token"}))
+    finally:
+        server.stop()
+
+
 @pytest.mark.parametrize(
     ("option", "message"),
     [
-        (["--storage", "nosuchmodule:thing"], "cannot import"),
+        (["--storage", "nosuchmodule:thing"], "cannot import 'nosuchmodule': no such module"),
+        (["--storage", "tests.conftest:nothing"], "module 'tests.conftest' has no 'nothing'"),
         (["--storage", "bogus"], "unknown storage"),
         (["--storage", "tests.conftest:USERS"], "does not provide IChatStorage"),
         (["--actions", "tests.conftest:USERS"], "not a mapping"),

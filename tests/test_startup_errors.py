@@ -5,7 +5,6 @@ per retry interval, not a line per attempt of each pooled connection."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import sqlite3
 import subprocess
@@ -94,16 +93,6 @@ def test_a_start_up_mistake_is_one_line_and_a_failure(
     assert len(lines) <= 3, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert any(sentence in line for line in lines), result.stderr
-
-
-def test_a_store_in_the_working_directory_is_found(tmp_path):
-    # twistd does not put the working directory on sys.path; the server does.
-    shutil.copy(ROOT / "examples" / "custom_storage.py", tmp_path / "mystore.py")
-    server = ServerProcess.twistd("--storage", "mystore:DemoStorage", cwd=tmp_path)
-    try:
-        assert server.wait_for_log(b"storage: <mystore.DemoStorage")
-    finally:
-        assert server.stop() in (0, -15)
 
 
 def test_the_log_says_where_the_chat_page_is(tmp_path):
