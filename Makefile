@@ -18,8 +18,8 @@ $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/activate
-	$(BIN)/pip install --quiet -e '.[test]'
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/activate
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
 	touch $@
 
 ## run: start a server on ws://localhost:$(PORT) that anyone can sign in to by name (a demo)
