@@ -21,7 +21,7 @@ from typing import IO, Any, cast
 
 from chatserver.bench.loadgen import worker_main
 from chatserver.bench.population import Population
-from chatserver.bench.sysinfo import raise_open_files_limit
+from chatserver.bench.sysinfo import children, raise_open_files_limit
 
 # Twisted logs "<factory> starting on PORT" when a port opens: the factory is
 # ChatServerFactory, or the web site that serves it beside a page.
@@ -72,6 +72,8 @@ class Target:
     :ivar collects: whether it offers the bench's garbage-collection actions
         (``None``: not known yet; the runner asks it once).
     :ivar profilable: whether py-spy can record it (it runs Python).
+    :ivar redis: the Redis its nodes share, if it has several (its CPU and
+        its publishes are then read too).
     """
 
     label = "server"
@@ -79,6 +81,26 @@ class Target:
     pid: int | None = None
     collects: bool | None = False
     profilable = False
+    redis: RedisServer | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        """Where clients connect: user ``i`` to ``urls[i % len(urls)]``."""
+        return [self.url] if self.url is not None else []
+
+    def node_pids(self) -> list[int]:
+        """The processes that serve clients (nodes, workers), in a stable
+        order: the bench reads the CPU of each."""
+        return [self.pid] if self.pid is not None else []
+
+    def cpu_pids(self) -> list[int]:
+        """Every process whose CPU is the server's (the nodes and anything
+        that supervises them): the bench sums their CPU."""
+        return self.node_pids()
+
+    def profile_pid(self) -> tuple[int, bool] | None:
+        """The process py-spy records, and whether with its subprocesses."""
+        return (self.pid, False) if self.pid is not None else None
 
     def begin(self, population: Population) -> None:
         """Be ready to serve ``population``."""
@@ -264,10 +286,49 @@ class RedisServer:
             time.sleep(0.05)  # polling a process we just started; there is no event to wait on
         raise BenchError("redis-server did not start")
 
+    @property
+    def pid(self) -> int:
+        """The redis-server process (its CPU is read from /proc)."""
+        return self.process.pid
+
+    def command_calls(self) -> dict[str, int]:
+        """How many times each command ran since the server started (from
+        ``INFO commandstats``), e.g. ``{"publish": 1200, "evalsha": 3}``.
+
+        :raise BenchError: if the server does not answer.
+        """
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                sock.sendall(b"INFO commandstats\r\n")
+                reply = b""
+                # A bulk string: $LENGTH\r\n, then LENGTH bytes and \r\n.
+                while b"\r\n" not in reply:
+                    reply += _recv(sock)
+                header, _, body = reply.partition(b"\r\n")
+                length = int(header[1:])
+                while len(body) < length:
+                    body += _recv(sock)
+        except (OSError, ValueError) as e:
+            raise BenchError(f"redis-server did not answer INFO: {e}") from None
+        calls = {}
+        for line in body[:length].decode().splitlines():
+            # cmdstat_publish:calls=3,usec=12,...
+            name, _, stats = line.partition(":")
+            if name.startswith("cmdstat_") and stats.startswith("calls="):
+                calls[name.removeprefix("cmdstat_")] = int(stats.split(",")[0][6:])
+        return calls
+
     def stop(self) -> None:
         """Kill it (as a crash would)."""
         self.process.kill()
         self.process.wait(STOP_TIMEOUT)
+
+
+def _recv(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    if not data:
+        raise OSError("connection closed")
+    return data
 
 
 class LocalServer(Target):
@@ -275,8 +336,9 @@ class LocalServer(Target):
     chatserver`` on an ephemeral loopback port, and always stopped.
 
     With ``workers`` above 1 it runs as ``--workers N`` on one port, the
-    workers reaching each other through ``redis``; CPU and memory are then not
-    read (they are spread over the workers), only throughput and latency.
+    workers reaching each other through ``redis``; its CPU is then the sum of
+    every worker's and the supervisor's (each worker's is also reported), and
+    py-spy records the supervisor with its subprocesses; memory is not read.
     """
 
     label = "chatserver"
@@ -306,13 +368,29 @@ class LocalServer(Target):
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.workers = workers
-        self.redis = redis
+        self.redis = redis if workers > 1 else None
         if workers > 1:
             if redis is None:
                 raise ValueError("several workers need a Redis")
             self.label = f"chatserver x{workers}"
             self.collects = False
-            self.profilable = False
+        self._supervisor: int | None = None
+
+    def node_pids(self) -> list[int]:
+        if self.workers == 1 or self._supervisor is None:
+            return super().node_pids()
+        return children(self._supervisor)
+
+    def cpu_pids(self) -> list[int]:
+        if self.workers == 1 or self._supervisor is None:
+            return super().cpu_pids()
+        # The supervisor idles, but what it spends is the server's too.
+        return [self._supervisor, *self.node_pids()]
+
+    def profile_pid(self) -> tuple[int, bool] | None:
+        if self.workers == 1 or self._supervisor is None:
+            return super().profile_pid()
+        return (self._supervisor, True)
 
     def argv(self) -> list[str]:
         """The command that starts the server."""
@@ -355,6 +433,7 @@ class LocalServer(Target):
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         self.pid = self.process.pid if self.workers == 1 else None
+        self._supervisor = self.process.pid if self.workers > 1 else None
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             log = self.log()
@@ -366,6 +445,7 @@ class LocalServer(Target):
                 self.workers > 1
                 and len(LISTENING.findall(log)) >= self.workers
                 and log.count(b"Redis: subscribed") >= self.workers
+                and len(children(self.process.pid)) >= self.workers
             ):
                 self.url = f"ws://127.0.0.1:{self.port}/"
                 return
@@ -397,6 +477,98 @@ class LocalServer(Target):
             self._log = None
         self.url = None
         self.pid = None
+        self._supervisor = None
+
+
+class ClusterNodes(Target):
+    """``nodes`` separate server processes (``python -m chatserver``, i.e.
+    ``twistd -n chatserver``), each on a port of its own and all sharing
+    ``redis``, as nodes on separate machines would: clients are spread over
+    them (user ``i`` on node ``i % nodes``), so most deliveries cross nodes
+    through Redis. Started afresh for each scenario, one after the other, and
+    always stopped.
+
+    The CPU of each node is read (and their sum is the server's), and Redis's;
+    memory is not. py-spy records the first node.
+    """
+
+    collects = False
+    profilable = True
+
+    def __init__(
+        self,
+        nodes: int,
+        redis: RedisServer,
+        storage: str | None = None,
+        claimed_ids: bool = False,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        """
+        :param nodes: how many nodes (1 is a cluster of one: a single
+            process that still follows Redis, for a baseline).
+        :param redis: the Redis they share.
+        :param storage, claimed_ids, extra_args: as for :class:`LocalServer`.
+        """
+        self.nodes = nodes
+        self.redis = self._redis = redis
+        self.label = f"chatserver {nodes} node{'s' if nodes > 1 else ''}"
+        self.storage = storage
+        self.claimed_ids = claimed_ids
+        self.extra_args = extra_args or []
+        self.servers: list[LocalServer] = []
+        self._clusters = 0
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers if s.url is not None]
+
+    def node_pids(self) -> list[int]:
+        return [s.pid for s in self.servers if s.pid is not None]
+
+    def profile_pid(self) -> tuple[int, bool] | None:
+        pids = self.node_pids()
+        return (pids[0], False) if pids else None
+
+    def begin(self, population: Population) -> None:
+        # One after the other, each once the previous ones are subscribed: a
+        # node then finds all of them in the map it loads, and they hear of
+        # it from its registration, so no push is routed on a partial map.
+        # A prefix of its own for each cluster: nothing a previous scenario
+        # left in Redis can be taken for one of its nodes.
+        self._clusters += 1
+        url = f"{self._redis.url}?prefix=bench-{os.getpid()}-{self._clusters}"
+        self.servers = [
+            LocalServer(self.storage, self.claimed_ids, [*self.extra_args, "--redis", url])
+            for _ in range(self.nodes)
+        ]
+        try:
+            for index, server in enumerate(self.servers):
+                server.begin(population)
+                ready = f"users online on {index} other nodes".encode()
+                deadline = time.monotonic() + START_TIMEOUT
+                while ready not in server.log():
+                    server.check_alive()
+                    if time.monotonic() > deadline:
+                        tail = server.log().decode(errors="replace")[-4000:]
+                        raise BenchError(f"node {index} did not join the others:\n{tail}")
+                    time.sleep(0.05)  # polling the log of a process we just started
+        except BaseException:
+            self.end()
+            raise
+        self.url = self.servers[0].url
+
+    def check_alive(self) -> None:
+        for index, server in enumerate(self.servers):
+            try:
+                server.check_alive()
+            except BenchError as e:
+                raise BenchError(f"node {index}: {e}") from None
+
+    def end(self) -> None:
+        servers, self.servers = self.servers, []
+        for server in servers:
+            server.end()
+        self.url = None
 
 
 class Generators:
