@@ -140,6 +140,49 @@ def test_two_workers_deliver_every_message():
     assert result["target"] == "chatserver x2"
     assert result["acked"] == result["sent"] == 300
     assert result["deliveries"] == result["expected_deliveries"]
+    # The CPU is every worker's (each shown), not the idle supervisor's alone.
+    assert len(result["node_cpu_seconds"]) == 2
+    assert result["server_cpu_seconds"] >= sum(result["node_cpu_seconds"])
+    assert result["server_cpu_us_per_message"] is not None
+    assert result["redis_cpu_seconds"] is not None
+    assert result["redis_publishes"] is not None
+
+
+def test_separate_nodes_deliver_across_nodes_and_report_each_nodes_cpu():
+    run = bench_json(
+        "--nodes",
+        "3",
+        "--scenario",
+        "direct",
+        "--scenario",
+        "group",
+        "--users",
+        "20",
+        "--group-size",
+        "20",
+        "--messages",
+        "120",
+        "--duration",
+        "1",
+    )
+    direct, group = run["results"]
+    for result in (direct, group):
+        assert result["target"] == "chatserver 3 nodes"
+        assert result["complete"], result
+        assert result["acked"] == result["sent"] == 120
+        # User i is on node i % 3: each node's clients got their share.
+        assert sum(result["node_deliveries"]) == result["deliveries"]
+        assert all(result["node_deliveries"])
+        assert len(result["node_cpu_seconds"]) == len(result["node_cpu_us_per_delivery"]) == 3
+        assert result["server_cpu_us_per_delivery"] is not None
+        assert result["redis_cpu_seconds"] is not None
+    # A direct message crosses nodes unless its two users share one.
+    assert 0 < direct["redis_publishes"] < direct["acked"]
+    # The group has members on all three nodes: two publishes per message,
+    # one per other node, whatever the group's size.
+    assert group["redis_publishes"] == 2 * group["acked"]
+    assert group["publishes_per_message"] == 2.0
+    assert group["deliveries"] == 120 * 19
 
 
 # -- --compare: our server side by side with another ------------------------

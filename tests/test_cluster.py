@@ -62,6 +62,7 @@ def cluster(tmp_path, redis):
             "chatserver",
             "groups",
             "add",
+            "--allow-unknown",  # the nodes sign users in by the id they claim
             "team",
             "alice",
             "bob",
@@ -81,6 +82,7 @@ def cluster(tmp_path, redis):
             "chatserver",
             "groups",
             "add",
+            "--allow-unknown",
             "crowd",
             *CROWD,
             "--storage",

@@ -178,6 +178,148 @@ return 1
 """
 
 
+# Redis answers a PUBLISH with the number of subscribers reached, which no
+# node needs: each publish goes with CLIENT REPLY SKIP (Redis 3.2 and later),
+# so that Redis sends no reply, and the publishing node neither wakes up to
+# read one nor keeps a Deferred waiting for it. Without a reply, the command
+# is written straight to the connection, after whatever was sent before it:
+# the order of the publishing connection's commands is kept.
+_SKIP_REPLY = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n"
+
+
+def _publish_command(channel: bytes, message: bytes) -> bytes:
+    """``PUBLISH channel message`` in RESP, its reply skipped."""
+    return b"%b*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+        _SKIP_REPLY,
+        len(channel),
+        channel,
+        len(message),
+        message,
+    )
+
+
+class _Incomplete(Exception):
+    """The reply read so far is not whole yet."""
+
+
+class RespReader:
+    """Reads Redis replies (RESP2) as ``hiredis.Reader`` does, in Python.
+
+    txredisapi's own reader, used when hiredis is not installed, reads a bulk
+    string followed by more data by pausing the connection and reading the
+    rest in a later reactor turn: three turns and six ``epoll_ctl`` calls for
+    every message a subscriber receives. This one reads whatever has arrived
+    at once, and gives what ``hiredis.Reader`` gives: bulk strings as bytes,
+    status replies as bytes, integers as ints, arrays as lists, nil as
+    None, errors as :class:`txredisapi.ResponseError` (returned, not raised).
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._pos = 0
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes received from Redis."""
+        if self._pos:
+            # Keep only what is not read yet, so that the buffer stays small.
+            self._buffer = self._buffer[self._pos :] + data
+            self._pos = 0
+        else:
+            self._buffer += data
+
+    def gets(self) -> object:
+        """The next whole reply, or False if none has arrived whole yet.
+
+        :raise txredisapi.InvalidData: if the bytes are not RESP.
+        """
+        if self._pos >= len(self._buffer):
+            return False
+        try:
+            reply, self._pos = self._read(self._pos)
+        except _Incomplete:
+            return False
+        return reply
+
+    def _read(self, pos: int) -> tuple[object, int]:
+        buffer = self._buffer
+        end = buffer.find(b"\r\n", pos)
+        if end < 0:
+            raise _Incomplete
+        kind = buffer[pos]
+        line = buffer[pos + 1 : end]
+        pos = end + 2
+        try:
+            if kind == 0x24:  # $: a bulk string
+                length = int(line)
+                if length < 0:
+                    return None, pos
+                stop = pos + length
+                if len(buffer) < stop + 2:
+                    raise _Incomplete
+                return buffer[pos:stop], stop + 2
+            if kind == 0x2A:  # *: an array
+                count = int(line)
+                if count < 0:
+                    return None, pos
+                items = []
+                for _ in range(count):
+                    item, pos = self._read(pos)
+                    items.append(item)
+                return items, pos
+            if kind == 0x3A:  # :
+                return int(line), pos
+        except ValueError:
+            raise txredisapi.InvalidData(f"not a number in a reply: {line!r}") from None
+        if kind == 0x2B:  # +
+            return line, pos
+        if kind == 0x2D:  # -
+            return txredisapi.ResponseError(line.decode(errors="replace")), pos
+        raise txredisapi.InvalidData(f"not a Redis reply: {bytes([kind]) + line!r}")
+
+
+def _reader() -> Any:
+    """hiredis's reader (in C) if it is installed, else :class:`RespReader`."""
+    try:
+        import hiredis
+    except ImportError:
+        return RespReader()
+    return hiredis.Reader(protocolError=txredisapi.InvalidData, replyError=txredisapi.ResponseError)
+
+
+class _WholeReplies:
+    """A txredisapi protocol that reads every reply received at once (see
+    :class:`RespReader`), with hiredis if it is installed.
+
+    The replies reach txredisapi as its hiredis protocol hands them over.
+    """
+
+    _reader: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reader = _reader()
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        protocol = cast(Any, self)
+        reader = self._reader
+        if data:
+            reader.feed(data)
+        reply = reader.gets()
+        while reply is not False:
+            if isinstance(reply, str | bytes | list):
+                reply = protocol.tryConvertData(reply)
+            if reply == "QUEUED":
+                protocol.transactions += 1
+            else:
+                reply = protocol.handleTransactionData(reply)
+            protocol.replyReceived(reply)
+            reply = reader.gets()
+
+
+class _Publisher(_WholeReplies, txredisapi.RedisProtocol):  # type: ignore[misc]
+    cluster: RedisCluster
+
+
 class _RedisFactory(protocol.Factory):
     """Builds txredisapi protocols that keep replies as bytes."""
 
@@ -201,7 +343,7 @@ class _RedisFactory(protocol.Factory):
         log.error("Redis: {why}", why=why)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+class _Subscriber(_WholeReplies, txredisapi.SubscriberProtocol):  # type: ignore[misc]
     cluster: RedisCluster
 
     def messageReceived(self, pattern: object, channel: bytes, message: bytes) -> None:
@@ -368,13 +510,16 @@ class RedisCluster(Service):
         if publisher is None:
             self.dropped += len(targets)
             return sent
-        # Twisted's transport sends what is written in one reactor turn in one
-        # write, so these publishes leave together. (txredisapi's pipeline()
-        # would hold the connection until its replies arrive, which a
-        # connection shared by every push cannot afford.)
-        for node, recipients in targets.items():
-            message = self.node_id + orjson.dumps(recipients) + b"\n" + payload
-            publisher.publish(self._channel_of(node), message).addErrback(self._ignore)
+        # One write for all of them (Twisted would coalesce them anyway).
+        node_id = self.node_id
+        publisher.transport.write(
+            b"".join(
+                _publish_command(
+                    self._channel_of(node), node_id + orjson.dumps(recipients) + b"\n" + payload
+                )
+                for node, recipients in targets.items()
+            )
+        )
         self.published += len(targets)
         return sent
 
@@ -406,7 +551,7 @@ class RedisCluster(Service):
         if self._publisher is None:
             self.dropped += 1
         else:
-            self._publisher.publish(channel, self.node_id + payload).addErrback(self._ignore)
+            self._publisher.transport.write(_publish_command(channel, self.node_id + payload))
             self.published += 1
 
     def received(self, channel: bytes, message: bytes) -> None:
@@ -498,7 +643,7 @@ class RedisCluster(Service):
         endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=5)
         policy = backoffPolicy(initialDelay=0.2, maxDelay=MAX_RECONNECT_DELAY)
         for protocol_class, ready in (
-            (txredisapi.RedisProtocol, self._publisher_ready),
+            (_Publisher, self._publisher_ready),
             (_Subscriber, self._subscriber_ready),
         ):
             factory = _RedisFactory(self, protocol_class)
