@@ -50,11 +50,12 @@ from twisted.application.service import Service
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IProtocol, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from chatserver import wire
+from chatserver._internals import write_now
 from chatserver.delivery import RegistryObserver
 from chatserver.errors import Ending
 from chatserver.nodemap import NodeMap
@@ -434,6 +435,9 @@ class RedisCluster(Service):
         self._beating = False
         self._loop: LoopingCall | None = None
         self._services: list[ClientService] = []
+        # Publishes not written yet (see _send), and the call that writes them.
+        self._outgoing: list[bytes] = []
+        self._flush_call: IDelayedCall | None = None
         self.published = 0
         self.received_count = 0
         self.dropped = 0
@@ -488,7 +492,7 @@ class RedisCluster(Service):
         message = self.node_id + orjson.dumps(news)
         script = ANNOUNCE_ARRIVAL_SCRIPT if arrived else ANNOUNCE_DEPARTURE_SCRIPT
         args = [self.presence_channel, message, user_id]
-        publisher.eval(script, [self._users_key], args).addErrback(self._ignore)
+        self._eval(publisher, script, [self._users_key], args).addErrback(self._ignore)
         self.announcements += 1
 
     # -- delivery ----------------------------------------------------------
@@ -510,16 +514,10 @@ class RedisCluster(Service):
         if publisher is None:
             self.dropped += len(targets)
             return sent
-        # One write for all of them (Twisted would coalesce them anyway).
         node_id = self.node_id
-        publisher.transport.write(
-            b"".join(
-                _publish_command(
-                    self._channel_of(node), node_id + orjson.dumps(recipients) + b"\n" + payload
-                )
-                for node, recipients in targets.items()
-            )
-        )
+        for node, recipients in targets.items():
+            message = node_id + orjson.dumps(recipients) + b"\n" + payload
+            self._send(_publish_command(self._channel_of(node), message))
         self.published += len(targets)
         return sent
 
@@ -551,8 +549,38 @@ class RedisCluster(Service):
         if self._publisher is None:
             self.dropped += 1
         else:
-            self._publisher.transport.write(_publish_command(channel, self.node_id + payload))
+            self._send(_publish_command(channel, self.node_id + payload))
             self.published += 1
+
+    def _send(self, command: bytes) -> None:
+        # Publishes wait for the end of the reactor turn, to leave in one
+        # write with the others of the turn.
+        self._outgoing.append(command)
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        """Write the publishes of this reactor turn to Redis, at once.
+
+        Straight to the socket when nothing is queued for it: a queued write
+        would cost two ``epoll_ctl`` calls and a reactor turn more per push.
+        """
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        outgoing, self._outgoing = self._outgoing, []
+        publisher = self._publisher
+        if outgoing and publisher is not None and publisher.transport is not None:
+            write_now(publisher.transport, b"".join(outgoing))
+
+    def _eval(
+        self, publisher: txredisapi.RedisProtocol, script: str, keys: list[bytes], args: list[Any]
+    ) -> Deferred[Any]:
+        """``publisher.eval``, after the publishes queued before it: the
+        connection's commands reach Redis in the order they were made."""
+        self._flush()
+        d: Deferred[Any] = publisher.eval(script, keys, args)
+        return d
 
     def received(self, channel: bytes, message: bytes) -> None:
         """A message published by a node (ourselves included) arrived."""
@@ -671,13 +699,15 @@ class RedisCluster(Service):
         return Deferred.fromCoroutine(self._leave())
 
     async def _leave(self) -> None:
+        self._flush()  # the last publishes go before the node does
         publisher = self._publisher
         registered, self._registered_on = self._registered_on, None  # no more announcements
         if registered is publisher and publisher is not None:
             # Tell the others now, rather than let them wait for the heartbeat
             # to expire.
             message = self.node_id + orjson.dumps({"gone": True})
-            d = publisher.eval(
+            d = self._eval(
+                publisher,
                 LEAVE_SCRIPT,
                 [self._nodes_key, self._alive_key, self._users_key],
                 [self.node_id, self.presence_channel, message],
@@ -756,7 +786,7 @@ class RedisCluster(Service):
         publisher = self._publisher
         assert publisher is not None
         await self._register(publisher)
-        reply = await publisher.eval(SNAPSHOT_SCRIPT, [self._nodes_key], [self._node_keys])
+        reply = await self._eval(publisher, SNAPSHOT_SCRIPT, [self._nodes_key], [self._node_keys])
         snapshot = {
             _text(reply[i]): [_text(u) for u in reply[i + 1]]
             for i in range(0, len(reply), 2)
@@ -776,7 +806,8 @@ class RedisCluster(Service):
         self._registered_on = publisher
         users = sorted(self._registry.user_ids())
         message = self.node_id + orjson.dumps({"users": users})
-        d: Deferred[Any] = publisher.eval(
+        d: Deferred[Any] = self._eval(
+            publisher,
             REGISTER_SCRIPT,
             [self._nodes_key, self._alive_key, self._users_key],
             [self.node_id, self._ttl_ms, self.presence_channel, message, *users],
@@ -797,14 +828,19 @@ class RedisCluster(Service):
         self._beating = False
 
     async def _beat(self, publisher: txredisapi.RedisProtocol) -> None:
-        removed = await publisher.eval(
-            HEARTBEAT_SCRIPT, [self._nodes_key, self._alive_key], [self.node_id, self._ttl_ms]
+        removed = await self._eval(
+            publisher,
+            HEARTBEAT_SCRIPT,
+            [self._nodes_key, self._alive_key],
+            [self.node_id, self._ttl_ms],
         )
         if removed and self._registered_on is publisher and not self._syncing:
             log.warn("Redis: this node had been taken for dead; announcing its users again")
             await self._register(publisher)
         suspects = self.map.nodes()
-        dead = await publisher.eval(CHECK_SCRIPT, [self._nodes_key], [self._node_keys, *suspects])
+        dead = await self._eval(
+            publisher, CHECK_SCRIPT, [self._nodes_key], [self._node_keys, *suspects]
+        )
         for node in self.map.expired(_text(n) for n in dead):
             self.nodes_lost += 1
             log.warn("Redis: node {node} stopped answering; its users are offline", node=node)
