@@ -37,6 +37,7 @@ pub/sub across nodes needs anyway), not Redis Cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, cast
@@ -319,6 +320,16 @@ class _WholeReplies:
 
 class _Publisher(_WholeReplies, txredisapi.RedisProtocol):  # type: ignore[misc]
     cluster: RedisCluster
+
+    def connectionMade(self) -> Any:
+        # Nagle off: Redis does not answer a publish (CLIENT REPLY SKIP), so
+        # no reply carries its ACK back, and Nagle would hold the next small
+        # publish until Linux's delayed ACK (up to 40 ms) came.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            with contextlib.suppress(OSError):
+                set_no_delay(True)
+        return super().connectionMade()
 
 
 class _RedisFactory(protocol.Factory):
