@@ -13,6 +13,7 @@ import pytest
 
 from chatserver.bench.cli import parser, scenarios
 from chatserver.bench.compare import Comparison, median_result
+from chatserver.bench.loadgen import node_of
 from chatserver.bench.population import Population
 from chatserver.bench.processes import BENCH_ACTIONS, BENCH_STORAGE, unthrottled_options
 from chatserver.bench.runner import Result, percentiles, slices, split, spread
@@ -113,6 +114,15 @@ def test_client_frames_are_masked_and_unmask_to_the_payload():
     assert bytes(b ^ key[i % 4] for i, b in enumerate(body)) == payload
 
 
+@pytest.mark.parametrize("nodes", [1, 2, 3, 5, 10])
+def test_users_and_senders_are_spread_evenly_over_the_nodes(nodes):
+    users = [node_of(i, nodes) for i in range(1000)]
+    senders = [node_of(i, nodes) for i in spread(100, 1000)]
+    for node in range(nodes):
+        assert abs(users.count(node) - 1000 / nodes) <= nodes
+        assert abs(senders.count(node) - 100 / nodes) <= 1 + nodes / 2
+
+
 def test_work_is_split_exactly():
     assert slices(10, 3) == [(0, 4), (4, 3), (7, 3)]
     assert sum(split(1001, [3, 0, 5])) == 1001
@@ -170,7 +180,7 @@ def test_separate_nodes_deliver_across_nodes_and_report_each_nodes_cpu():
         assert result["target"] == "chatserver 3 nodes"
         assert result["complete"], result
         assert result["acked"] == result["sent"] == 120
-        # User i is on node i % 3: each node's clients got their share.
+        # The users are spread over the nodes: each node's clients got deliveries.
         assert sum(result["node_deliveries"]) == result["deliveries"]
         assert all(result["node_deliveries"])
         assert len(result["node_cpu_seconds"]) == len(result["node_cpu_us_per_delivery"]) == 3

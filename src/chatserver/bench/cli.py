@@ -188,8 +188,8 @@ def parser() -> argparse.ArgumentParser:
         type=_counts(1, "node"),
         help="separate nodes: a list such as 1,2,3 runs every scenario on a cluster of each "
         "size, each node a server process of its own on a port of its own, all sharing a "
-        "Redis the bench starts, with user i connected to node i %% N (so deliveries cross "
-        "nodes); prints each node's CPU per delivery, Redis's CPU and publishes per message "
+        "Redis the bench starts, with the users spread evenly over the nodes (so deliveries "
+        "cross nodes); prints each node's CPU per delivery, Redis's CPU and publishes per message "
         "(only these clusters run unless --workers is given too)",
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")

@@ -85,7 +85,8 @@ class Target:
 
     @property
     def urls(self) -> list[str]:
-        """Where clients connect: user ``i`` to ``urls[i % len(urls)]``."""
+        """Where clients connect, one URL per node (see
+        :func:`~chatserver.bench.loadgen.node_of` for which user goes where)."""
         return [self.url] if self.url is not None else []
 
     def node_pids(self) -> list[int]:
@@ -484,7 +485,7 @@ class ClusterNodes(Target):
     """``nodes`` separate server processes (``python -m chatserver``, i.e.
     ``twistd -n chatserver``), each on a port of its own and all sharing
     ``redis``, as nodes on separate machines would: clients are spread over
-    them (user ``i`` on node ``i % nodes``), so most deliveries cross nodes
+    them evenly (:func:`~chatserver.bench.loadgen.node_of`), so most deliveries cross nodes
     through Redis. Started afresh for each scenario, one after the other, and
     always stopped.
 
