@@ -696,9 +696,11 @@ class Runner:
             result.server_cpu_us_per_push = cpu / result.pushes * 1e6
         if result.deliveries:
             result.server_cpu_us_per_delivery = cpu / result.deliveries * 1e6
-        if len(per_node) > 1:
+        # A cluster of one node has its line too, as the baseline of larger ones.
+        clustered = len(per_node) > 1 or after.redis is not None
+        if clustered:
             result.node_cpu_seconds = per_node
-        if urls == len(per_node) > 1:
+        if clustered and urls == len(per_node):
             # Clients were spread over the nodes by the bench: each node's
             # deliveries are those to its own clients.
             deliveries = [sum(d["delivered_by_node"][n] for d in drained) for n in range(urls)]
