@@ -333,7 +333,7 @@ class _Publisher(_WholeReplies, txredisapi.RedisProtocol):  # type: ignore[misc]
 
 
 class _RedisFactory(protocol.Factory):
-    """Builds txredisapi protocols that keep replies as bytes."""
+    """Builds txredisapi protocols that keep replies as bytes, numbers too."""
 
     isLazy = True  # txredisapi logs, rather than raises, auth errors then
 
@@ -343,7 +343,11 @@ class _RedisFactory(protocol.Factory):
 
     def buildProtocol(self, addr: object) -> txredisapi.BaseRedisProtocol:
         cluster = self.cluster
-        p = self.protocol_class(charset=None, dbid=cluster.dbid, password=cluster.password)
+        # Replies stay as Redis sent them: bytes, and integers where Redis
+        # says so. (txredisapi would read a user id such as "007" as 7.)
+        p = self.protocol_class(
+            charset=None, dbid=cluster.dbid, password=cluster.password, convertNumbers=False
+        )
         p.factory = self
         p.cluster = cluster
         return p
