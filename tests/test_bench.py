@@ -114,6 +114,35 @@ def test_client_frames_are_masked_and_unmask_to_the_payload():
     assert bytes(b ^ key[i % 4] for i, b in enumerate(body)) == payload
 
 
+def test_nodes_in_network_namespaces_or_on_loopback_where_there_are_none():
+    """As root, each node runs in a namespace of its own, which the bench
+    removes; elsewhere the bench says so and runs them on 127.0.0.1."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chatserver.bench",
+            "--json",
+            *("--nodes", "2", "--netns", "--scenario", "group", "--users", "10"),
+            *("--group-size", "10", "--messages", "50", "--duration", "1"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    [result] = json.loads(out)["results"]
+    assert result["complete"], result
+    assert result["publishes_per_message"] == 1.0
+    if "no network namespaces" in err:
+        assert result["target"] == "chatserver 2 nodes"
+    else:
+        assert result["target"] == "chatserver 2 nodes netns"
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert f"chatbench{process.pid % 100_000}n" not in left
+
+
 @pytest.mark.parametrize("nodes", [1, 2, 3, 5, 10])
 def test_users_and_senders_are_spread_evenly_over_the_nodes(nodes):
     users = [node_of(i, nodes) for i in range(1000)]

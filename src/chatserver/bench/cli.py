@@ -17,6 +17,7 @@ from chatserver.bench.processes import (
     CommandServer,
     Generators,
     LocalServer,
+    Namespaces,
     RedisServer,
     RemoteServer,
     Target,
@@ -192,6 +193,13 @@ def parser() -> argparse.ArgumentParser:
         "cross nodes); prints each node's CPU per delivery, Redis's CPU and publishes per message "
         "(only these clusters run unless --workers is given too)",
     )
+    p.add_argument(
+        "--netns",
+        action="store_true",
+        help="with --nodes: each node in a network namespace of its own, joined to the "
+        "bench's by a veth pair (needs root and `ip`; made and removed by the bench); "
+        "where they cannot be made, the nodes share 127.0.0.1, as without this option",
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument(
         "--save",
@@ -298,11 +306,27 @@ def other_servers(args: argparse.Namespace) -> list[Target]:
     return targets
 
 
+def namespaces_work() -> bool:
+    """Whether this process can make network namespaces (it tries one);
+    says why not on standard error."""
+    try:
+        Namespaces(1).close()
+    except BenchError as e:
+        print(
+            f"bench: no network namespaces ({e.args[0].strip()}); the nodes share 127.0.0.1",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 if every message was answered and delivered."""
     args = parser().parse_args(argv)
     if args.token_auth and not args.storage:
         parser().error("--token-auth goes with --storage")
+    if args.netns and not args.nodes:
+        parser().error("--netns goes with --nodes")
     try:
         others = other_servers(args)
     except ValueError as e:
@@ -322,9 +346,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         for workers in workers_list
     ]
+    netns = args.netns and namespaces_work()
     for nodes in args.nodes or ():
         assert redis is not None
-        targets.append(ClusterNodes(nodes, redis, args.storage, claimed_ids, args.server_arg))
+        targets.append(
+            ClusterNodes(nodes, redis, args.storage, claimed_ids, args.server_arg, netns)
+        )
     targets.extend(others)
 
     def progress(message: str) -> None:
