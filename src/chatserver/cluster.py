@@ -183,9 +183,10 @@ return 1
 # Redis answers a PUBLISH with the number of subscribers reached, which no
 # node needs: each publish goes with CLIENT REPLY SKIP (Redis 3.2 and later),
 # so that Redis sends no reply, and the publishing node neither wakes up to
-# read one nor keeps a Deferred waiting for it. Without a reply, the command
-# is written straight to the connection, after whatever was sent before it:
-# the order of the publishing connection's commands is kept.
+# read one nor keeps a Deferred waiting for it. Expecting no reply, the
+# command bypasses txredisapi: it is written to the connection at the end of
+# the reactor turn (RedisCluster._flush), and a script written meanwhile goes
+# after it, so the connection's commands keep their order.
 _SKIP_REPLY = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n"
 
 

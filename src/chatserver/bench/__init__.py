@@ -61,7 +61,10 @@ nodes, each a ``python -m chatserver --redis ...`` process on a port of its
 own, with the users (and the senders) spread evenly over the nodes so that
 deliveries cross nodes; a table gives each node's CPU per delivery to its own clients, the
 Redis server's CPU and the PUBLISH commands per message (from ``INFO
-commandstats``).
+commandstats``). With ``--netns`` (root only) each node runs in a network
+namespace of its own, joined to the bench's by a veth pair, which the bench
+makes and removes; without it, or where namespaces cannot be made, the nodes
+listen on 127.0.0.1.
 
 Users, groups and credentials follow :mod:`chatserver.bench.population`; a
 server given with ``--compare`` must know them (CPU and memory are read only
