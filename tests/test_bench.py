@@ -13,6 +13,7 @@ import pytest
 
 from chatserver.bench.cli import parser, scenarios
 from chatserver.bench.compare import Comparison, median_result
+from chatserver.bench.loadgen import node_of
 from chatserver.bench.population import Population
 from chatserver.bench.processes import BENCH_ACTIONS, BENCH_STORAGE, unthrottled_options
 from chatserver.bench.runner import Result, percentiles, slices, split, spread
@@ -113,6 +114,44 @@ def test_client_frames_are_masked_and_unmask_to_the_payload():
     assert bytes(b ^ key[i % 4] for i, b in enumerate(body)) == payload
 
 
+def test_nodes_in_network_namespaces_or_on_loopback_where_there_are_none():
+    """As root, each node runs in a namespace of its own, which the bench
+    removes; elsewhere the bench says so and runs them on 127.0.0.1."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chatserver.bench",
+            "--json",
+            *("--nodes", "2", "--netns", "--scenario", "group", "--users", "10"),
+            *("--group-size", "10", "--messages", "50", "--duration", "1"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    [result] = json.loads(out)["results"]
+    assert result["complete"], result
+    assert result["publishes_per_message"] == 1.0
+    if "no network namespaces" in err:
+        assert result["target"] == "chatserver 2 nodes"
+    else:
+        assert result["target"] == "chatserver 2 nodes netns"
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert f"chatbench{process.pid % 100_000}n" not in left
+
+
+@pytest.mark.parametrize("nodes", [1, 2, 3, 5, 10])
+def test_users_and_senders_are_spread_evenly_over_the_nodes(nodes):
+    users = [node_of(i, nodes) for i in range(1000)]
+    senders = [node_of(i, nodes) for i in spread(100, 1000)]
+    for node in range(nodes):
+        assert abs(users.count(node) - 1000 / nodes) <= nodes
+        assert abs(senders.count(node) - 100 / nodes) <= 1 + nodes / 2
+
+
 def test_work_is_split_exactly():
     assert slices(10, 3) == [(0, 4), (4, 3), (7, 3)]
     assert sum(split(1001, [3, 0, 5])) == 1001
@@ -140,6 +179,49 @@ def test_two_workers_deliver_every_message():
     assert result["target"] == "chatserver x2"
     assert result["acked"] == result["sent"] == 300
     assert result["deliveries"] == result["expected_deliveries"]
+    # The CPU is every worker's (each shown), not the idle supervisor's alone.
+    assert len(result["node_cpu_seconds"]) == 2
+    assert result["server_cpu_seconds"] >= sum(result["node_cpu_seconds"])
+    assert result["server_cpu_us_per_message"] is not None
+    assert result["redis_cpu_seconds"] is not None
+    assert result["redis_publishes"] is not None
+
+
+def test_separate_nodes_deliver_across_nodes_and_report_each_nodes_cpu():
+    run = bench_json(
+        "--nodes",
+        "3",
+        "--scenario",
+        "direct",
+        "--scenario",
+        "group",
+        "--users",
+        "20",
+        "--group-size",
+        "20",
+        "--messages",
+        "120",
+        "--duration",
+        "1",
+    )
+    direct, group = run["results"]
+    for result in (direct, group):
+        assert result["target"] == "chatserver 3 nodes"
+        assert result["complete"], result
+        assert result["acked"] == result["sent"] == 120
+        # The users are spread over the nodes: each node's clients got deliveries.
+        assert sum(result["node_deliveries"]) == result["deliveries"]
+        assert all(result["node_deliveries"])
+        assert len(result["node_cpu_seconds"]) == len(result["node_cpu_us_per_delivery"]) == 3
+        assert result["server_cpu_us_per_delivery"] is not None
+        assert result["redis_cpu_seconds"] is not None
+    # A direct message crosses nodes unless its two users share one.
+    assert 0 < direct["redis_publishes"] < direct["acked"]
+    # The group has members on all three nodes: two publishes per message,
+    # one per other node, whatever the group's size.
+    assert group["redis_publishes"] == 2 * group["acked"]
+    assert group["publishes_per_message"] == 2.0
+    assert group["deliveries"] == 120 * 19
 
 
 # -- --compare: our server side by side with another ------------------------

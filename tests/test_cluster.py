@@ -62,6 +62,7 @@ def cluster(tmp_path, redis):
             "chatserver",
             "groups",
             "add",
+            "--allow-unknown",  # the nodes sign users in by the id they claim
             "team",
             "alice",
             "bob",
@@ -81,6 +82,7 @@ def cluster(tmp_path, redis):
             "chatserver",
             "groups",
             "add",
+            "--allow-unknown",
             "crowd",
             *CROWD,
             "--storage",
@@ -429,21 +431,26 @@ async def test_the_users_of_a_killed_node_go_offline_within_seconds(cluster):
 async def test_a_node_started_later_knows_who_is_online(cluster):
     a, b = cluster(), cluster()
     alice, bob = await login(a, "alice"), await login(b, "bob")
+    # An id that reads as a number keeps its leading zeros through the map.
+    agent = await login(b, "007")
     carol = None
     try:
-        await until_online(alice, "bob")
+        await until_online(alice, "bob", "007")
         c = cluster()  # loads the map when it connects
         carol = await login(c, "carol")
-        assert await carol.request("watchPresence", {"ids": ["alice", "bob", "dave"]}) == {
+        ids = ["alice", "bob", "dave", "007", "7"]
+        assert await carol.request("watchPresence", {"ids": ids}) == {
             "alice": True,
             "bob": True,
             "dave": False,
+            "007": True,
+            "7": False,
         }
         stored = await carol.send({"to": "team", "isGroup": True, "text": "hello from c"})
         for member in (alice, bob, carol):
             assert (await member.next_push("chatMessage"))["_id"] == stored["_id"]
     finally:
-        await close(alice, bob, carol)
+        await close(alice, bob, agent, carol)
 
 
 @pytest_twisted.ensureDeferred

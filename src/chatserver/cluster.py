@@ -37,6 +37,7 @@ pub/sub across nodes needs anyway), not Redis Cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, cast
@@ -50,11 +51,12 @@ from twisted.application.service import Service
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IProtocol, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IProtocol, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from chatserver import wire
+from chatserver._internals import write_now
 from chatserver.delivery import RegistryObserver
 from chatserver.errors import Ending
 from chatserver.nodemap import NodeMap
@@ -178,8 +180,161 @@ return 1
 """
 
 
+# Redis answers a PUBLISH with the number of subscribers reached, which no
+# node needs: each publish goes with CLIENT REPLY SKIP (Redis 3.2 and later),
+# so that Redis sends no reply, and the publishing node neither wakes up to
+# read one nor keeps a Deferred waiting for it. Expecting no reply, the
+# command bypasses txredisapi: it is written to the connection at the end of
+# the reactor turn (RedisCluster._flush), and a script written meanwhile goes
+# after it, so the connection's commands keep their order.
+_SKIP_REPLY = b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$4\r\nSKIP\r\n"
+
+
+def _publish_command(channel: bytes, message: bytes) -> bytes:
+    """``PUBLISH channel message`` in RESP, its reply skipped."""
+    return b"%b*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (
+        _SKIP_REPLY,
+        len(channel),
+        channel,
+        len(message),
+        message,
+    )
+
+
+class _Incomplete(Exception):
+    """The reply read so far is not whole yet."""
+
+
+class RespReader:
+    """Reads Redis replies (RESP2) as ``hiredis.Reader`` does, in Python.
+
+    txredisapi's own reader, used when hiredis is not installed, reads a bulk
+    string followed by more data by pausing the connection and reading the
+    rest in a later reactor turn: three turns and six ``epoll_ctl`` calls for
+    every message a subscriber receives. This one reads whatever has arrived
+    at once, and gives what ``hiredis.Reader`` gives: bulk strings as bytes,
+    status replies as bytes, integers as ints, arrays as lists, nil as
+    None, errors as :class:`txredisapi.ResponseError` (returned, not raised).
+    """
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._pos = 0
+
+    def feed(self, data: bytes) -> None:
+        """Add bytes received from Redis."""
+        if self._pos:
+            # Keep only what is not read yet, so that the buffer stays small.
+            self._buffer = self._buffer[self._pos :] + data
+            self._pos = 0
+        else:
+            self._buffer += data
+
+    def gets(self) -> object:
+        """The next whole reply, or False if none has arrived whole yet.
+
+        :raise txredisapi.InvalidData: if the bytes are not RESP.
+        """
+        if self._pos >= len(self._buffer):
+            return False
+        try:
+            reply, self._pos = self._read(self._pos)
+        except _Incomplete:
+            return False
+        return reply
+
+    def _read(self, pos: int) -> tuple[object, int]:
+        buffer = self._buffer
+        end = buffer.find(b"\r\n", pos)
+        if end < 0:
+            raise _Incomplete
+        kind = buffer[pos]
+        line = buffer[pos + 1 : end]
+        pos = end + 2
+        try:
+            if kind == 0x24:  # $: a bulk string
+                length = int(line)
+                if length < 0:
+                    return None, pos
+                stop = pos + length
+                if len(buffer) < stop + 2:
+                    raise _Incomplete
+                return buffer[pos:stop], stop + 2
+            if kind == 0x2A:  # *: an array
+                count = int(line)
+                if count < 0:
+                    return None, pos
+                items = []
+                for _ in range(count):
+                    item, pos = self._read(pos)
+                    items.append(item)
+                return items, pos
+            if kind == 0x3A:  # :
+                return int(line), pos
+        except ValueError:
+            raise txredisapi.InvalidData(f"not a number in a reply: {line!r}") from None
+        if kind == 0x2B:  # +
+            return line, pos
+        if kind == 0x2D:  # -
+            return txredisapi.ResponseError(line.decode(errors="replace")), pos
+        raise txredisapi.InvalidData(f"not a Redis reply: {bytes([kind]) + line!r}")
+
+
+def _reader() -> Any:
+    """hiredis's reader (in C) if it is installed, else :class:`RespReader`."""
+    try:
+        import hiredis
+    except ImportError:
+        return RespReader()
+    return hiredis.Reader(protocolError=txredisapi.InvalidData, replyError=txredisapi.ResponseError)
+
+
+class _WholeReplies:
+    """A txredisapi protocol that reads every reply received at once (see
+    :class:`RespReader`), with hiredis if it is installed.
+
+    The replies reach txredisapi as its hiredis protocol hands them over.
+    """
+
+    _reader: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._reader = _reader()
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        protocol = cast(Any, self)
+        reader = self._reader
+        if data:
+            reader.feed(data)
+        reply = reader.gets()
+        while reply is not False:
+            if isinstance(reply, str | bytes | list):
+                reply = protocol.tryConvertData(reply)
+            if reply == "QUEUED":
+                protocol.transactions += 1
+            else:
+                reply = protocol.handleTransactionData(reply)
+            protocol.replyReceived(reply)
+            reply = reader.gets()
+
+
+class _Publisher(_WholeReplies, txredisapi.RedisProtocol):  # type: ignore[misc]
+    cluster: RedisCluster
+
+    def connectionMade(self) -> Any:
+        # Nagle off: Redis does not answer a publish (CLIENT REPLY SKIP), so
+        # no reply carries its ACK back, and Nagle would hold the next small
+        # publish until Linux's delayed ACK (up to 40 ms) came.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            with contextlib.suppress(OSError):
+                set_no_delay(True)
+        return super().connectionMade()
+
+
 class _RedisFactory(protocol.Factory):
-    """Builds txredisapi protocols that keep replies as bytes."""
+    """Builds txredisapi protocols that keep replies as bytes, numbers too."""
 
     isLazy = True  # txredisapi logs, rather than raises, auth errors then
 
@@ -189,7 +344,11 @@ class _RedisFactory(protocol.Factory):
 
     def buildProtocol(self, addr: object) -> txredisapi.BaseRedisProtocol:
         cluster = self.cluster
-        p = self.protocol_class(charset=None, dbid=cluster.dbid, password=cluster.password)
+        # Replies stay as Redis sent them: bytes, and integers where Redis
+        # says so. (txredisapi would read a user id such as "007" as 7.)
+        p = self.protocol_class(
+            charset=None, dbid=cluster.dbid, password=cluster.password, convertNumbers=False
+        )
         p.factory = self
         p.cluster = cluster
         return p
@@ -201,7 +360,7 @@ class _RedisFactory(protocol.Factory):
         log.error("Redis: {why}", why=why)
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):  # type: ignore[misc]
+class _Subscriber(_WholeReplies, txredisapi.SubscriberProtocol):  # type: ignore[misc]
     cluster: RedisCluster
 
     def messageReceived(self, pattern: object, channel: bytes, message: bytes) -> None:
@@ -292,6 +451,9 @@ class RedisCluster(Service):
         self._beating = False
         self._loop: LoopingCall | None = None
         self._services: list[ClientService] = []
+        # Publishes not written yet (see _send), and the call that writes them.
+        self._outgoing: list[bytes] = []
+        self._flush_call: IDelayedCall | None = None
         self.published = 0
         self.received_count = 0
         self.dropped = 0
@@ -346,7 +508,7 @@ class RedisCluster(Service):
         message = self.node_id + orjson.dumps(news)
         script = ANNOUNCE_ARRIVAL_SCRIPT if arrived else ANNOUNCE_DEPARTURE_SCRIPT
         args = [self.presence_channel, message, user_id]
-        publisher.eval(script, [self._users_key], args).addErrback(self._ignore)
+        self._eval(publisher, script, [self._users_key], args).addErrback(self._ignore)
         self.announcements += 1
 
     # -- delivery ----------------------------------------------------------
@@ -368,13 +530,10 @@ class RedisCluster(Service):
         if publisher is None:
             self.dropped += len(targets)
             return sent
-        # Twisted's transport sends what is written in one reactor turn in one
-        # write, so these publishes leave together. (txredisapi's pipeline()
-        # would hold the connection until its replies arrive, which a
-        # connection shared by every push cannot afford.)
+        node_id = self.node_id
         for node, recipients in targets.items():
-            message = self.node_id + orjson.dumps(recipients) + b"\n" + payload
-            publisher.publish(self._channel_of(node), message).addErrback(self._ignore)
+            message = node_id + orjson.dumps(recipients) + b"\n" + payload
+            self._send(_publish_command(self._channel_of(node), message))
         self.published += len(targets)
         return sent
 
@@ -406,8 +565,38 @@ class RedisCluster(Service):
         if self._publisher is None:
             self.dropped += 1
         else:
-            self._publisher.publish(channel, self.node_id + payload).addErrback(self._ignore)
+            self._send(_publish_command(channel, self.node_id + payload))
             self.published += 1
+
+    def _send(self, command: bytes) -> None:
+        # Publishes wait for the end of the reactor turn, to leave in one
+        # write with the others of the turn.
+        self._outgoing.append(command)
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        """Write the publishes of this reactor turn to Redis, at once.
+
+        Straight to the socket when nothing is queued for it: a queued write
+        would cost two ``epoll_ctl`` calls and a reactor turn more per push.
+        """
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        outgoing, self._outgoing = self._outgoing, []
+        publisher = self._publisher
+        if outgoing and publisher is not None and publisher.transport is not None:
+            write_now(publisher.transport, b"".join(outgoing))
+
+    def _eval(
+        self, publisher: txredisapi.RedisProtocol, script: str, keys: list[bytes], args: list[Any]
+    ) -> Deferred[Any]:
+        """``publisher.eval``, after the publishes queued before it: the
+        connection's commands reach Redis in the order they were made."""
+        self._flush()
+        d: Deferred[Any] = publisher.eval(script, keys, args)
+        return d
 
     def received(self, channel: bytes, message: bytes) -> None:
         """A message published by a node (ourselves included) arrived."""
@@ -498,7 +687,7 @@ class RedisCluster(Service):
         endpoint = HostnameEndpoint(reactor, self.host, self.port, timeout=5)
         policy = backoffPolicy(initialDelay=0.2, maxDelay=MAX_RECONNECT_DELAY)
         for protocol_class, ready in (
-            (txredisapi.RedisProtocol, self._publisher_ready),
+            (_Publisher, self._publisher_ready),
             (_Subscriber, self._subscriber_ready),
         ):
             factory = _RedisFactory(self, protocol_class)
@@ -526,13 +715,15 @@ class RedisCluster(Service):
         return Deferred.fromCoroutine(self._leave())
 
     async def _leave(self) -> None:
+        self._flush()  # the last publishes go before the node does
         publisher = self._publisher
         registered, self._registered_on = self._registered_on, None  # no more announcements
         if registered is publisher and publisher is not None:
             # Tell the others now, rather than let them wait for the heartbeat
             # to expire.
             message = self.node_id + orjson.dumps({"gone": True})
-            d = publisher.eval(
+            d = self._eval(
+                publisher,
                 LEAVE_SCRIPT,
                 [self._nodes_key, self._alive_key, self._users_key],
                 [self.node_id, self.presence_channel, message],
@@ -611,7 +802,7 @@ class RedisCluster(Service):
         publisher = self._publisher
         assert publisher is not None
         await self._register(publisher)
-        reply = await publisher.eval(SNAPSHOT_SCRIPT, [self._nodes_key], [self._node_keys])
+        reply = await self._eval(publisher, SNAPSHOT_SCRIPT, [self._nodes_key], [self._node_keys])
         snapshot = {
             _text(reply[i]): [_text(u) for u in reply[i + 1]]
             for i in range(0, len(reply), 2)
@@ -631,7 +822,8 @@ class RedisCluster(Service):
         self._registered_on = publisher
         users = sorted(self._registry.user_ids())
         message = self.node_id + orjson.dumps({"users": users})
-        d: Deferred[Any] = publisher.eval(
+        d: Deferred[Any] = self._eval(
+            publisher,
             REGISTER_SCRIPT,
             [self._nodes_key, self._alive_key, self._users_key],
             [self.node_id, self._ttl_ms, self.presence_channel, message, *users],
@@ -652,14 +844,19 @@ class RedisCluster(Service):
         self._beating = False
 
     async def _beat(self, publisher: txredisapi.RedisProtocol) -> None:
-        removed = await publisher.eval(
-            HEARTBEAT_SCRIPT, [self._nodes_key, self._alive_key], [self.node_id, self._ttl_ms]
+        removed = await self._eval(
+            publisher,
+            HEARTBEAT_SCRIPT,
+            [self._nodes_key, self._alive_key],
+            [self.node_id, self._ttl_ms],
         )
         if removed and self._registered_on is publisher and not self._syncing:
             log.warn("Redis: this node had been taken for dead; announcing its users again")
             await self._register(publisher)
         suspects = self.map.nodes()
-        dead = await publisher.eval(CHECK_SCRIPT, [self._nodes_key], [self._node_keys, *suspects])
+        dead = await self._eval(
+            publisher, CHECK_SCRIPT, [self._nodes_key], [self._node_keys, *suspects]
+        )
         for node in self.map.expired(_text(n) for n in dead):
             self.nodes_lost += 1
             log.warn("Redis: node {node} stopped answering; its users are offline", node=node)

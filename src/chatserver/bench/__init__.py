@@ -53,6 +53,19 @@ The server is started with its per-connection request rate limit lifted to a
 rate no scenario reaches (the check still runs, so its cost is measured);
 ``--server-arg=--rate=50`` puts the default back.
 
+Several processes: ``--workers 1,2`` runs every scenario on one process and
+on ``--workers 2`` (a supervisor and two workers on one port, sharing a Redis
+the bench starts); the server's CPU is then the sum of every worker's and the
+supervisor's. ``--nodes 1,2,3`` runs it on clusters of that many separate
+nodes, each a ``python -m chatserver --redis ...`` process on a port of its
+own, with the users (and the senders) spread evenly over the nodes so that
+deliveries cross nodes; a table gives each node's CPU per delivery to its own clients, the
+Redis server's CPU and the PUBLISH commands per message (from ``INFO
+commandstats``). With ``--netns`` (root only) each node runs in a network
+namespace of its own, joined to the bench's by a veth pair, which the bench
+makes and removes; without it, or where namespaces cannot be made, the nodes
+listen on 127.0.0.1.
+
 Users, groups and credentials follow :mod:`chatserver.bench.population`; a
 server given with ``--compare`` must know them (CPU and memory are read only
 with its pid), and ``--storage SPEC`` runs our server on another storage,

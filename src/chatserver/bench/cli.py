@@ -13,9 +13,11 @@ from pathlib import Path
 from chatserver.bench.compare import compare, seed_suite
 from chatserver.bench.processes import (
     BenchError,
+    ClusterNodes,
     CommandServer,
     Generators,
     LocalServer,
+    Namespaces,
     RedisServer,
     RemoteServer,
     Target,
@@ -178,10 +180,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers",
         type=_counts(1, "worker"),
-        default=[1],
         help="server processes: a list such as 1,2 runs every scenario with each "
-        "(above 1: --workers N on one port with a Redis the bench starts; throughput "
-        "and latency only)",
+        "(above 1: --workers N on one port with a Redis the bench starts; CPU is summed "
+        "over the workers and shown for each, with Redis's; default 1)",
+    )
+    p.add_argument(
+        "--nodes",
+        type=_counts(1, "node"),
+        help="separate nodes: a list such as 1,2,3 runs every scenario on a cluster of each "
+        "size, each node a server process of its own on a port of its own, all sharing a "
+        "Redis the bench starts, with the users spread evenly over the nodes (so deliveries "
+        "cross nodes); prints each node's CPU per delivery, Redis's CPU and publishes per message "
+        "(only these clusters run unless --workers is given too)",
+    )
+    p.add_argument(
+        "--netns",
+        action="store_true",
+        help="with --nodes: each node in a network namespace of its own, joined to the "
+        "bench's by a veth pair (needs root and `ip`; made and removed by the bench); "
+        "where they cannot be made, the nodes share 127.0.0.1, as without this option",
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument(
@@ -289,28 +306,52 @@ def other_servers(args: argparse.Namespace) -> list[Target]:
     return targets
 
 
+def namespaces_work() -> bool:
+    """Whether this process can make network namespaces (it tries one);
+    says why not on standard error."""
+    try:
+        Namespaces(1).close()
+    except BenchError as e:
+        print(
+            f"bench: no network namespaces ({e.args[0].strip()}); the nodes share 127.0.0.1",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 if every message was answered and delivered."""
     args = parser().parse_args(argv)
     if args.token_auth and not args.storage:
         parser().error("--token-auth goes with --storage")
+    if args.netns and not args.nodes:
+        parser().error("--netns goes with --nodes")
     try:
         others = other_servers(args)
     except ValueError as e:
         parser().error(str(e))
     raise_open_files_limit()
     plan = scenarios(args)
-    redis = RedisServer() if max(args.workers) > 1 else None
+    workers_list: list[int] = args.workers or ([] if args.nodes else [1])
+    redis = RedisServer() if max(workers_list, default=1) > 1 or args.nodes else None
+    claimed_ids = bool(args.storage) and not args.token_auth
     targets: list[Target] = [
         LocalServer(
             args.storage,
-            claimed_ids=bool(args.storage) and not args.token_auth,
+            claimed_ids=claimed_ids,
             extra_args=args.server_arg,
             workers=workers,
             redis=redis,
         )
-        for workers in args.workers
+        for workers in workers_list
     ]
+    netns = args.netns and namespaces_work()
+    for nodes in args.nodes or ():
+        assert redis is not None
+        targets.append(
+            ClusterNodes(nodes, redis, args.storage, claimed_ids, args.server_arg, netns)
+        )
     targets.extend(others)
 
     def progress(message: str) -> None:

@@ -43,6 +43,16 @@ TICK_SECONDS = 0.001
 MAX_REPORTED_ERRORS = 5
 
 
+def node_of(index: int, nodes: int) -> int:
+    """The node (of ``nodes``) that user ``index`` connects to.
+
+    Every node gets as many users, and the closed loop's senders (every
+    tenth user with 1,000 users and 100 senders) are spread over the nodes
+    too, which ``index % nodes`` would not do with 2, 5 or 10 nodes.
+    """
+    return (index + index // nodes) % nodes
+
+
 class PhaseFailed(Exception):
     """A phase could not complete (a connection failed, a deadline passed)."""
 
@@ -127,6 +137,9 @@ class _Traffic(_Phase):
         self.owner = command["owner"]
         self.workers = max(self.owner) + 1 if self.owner else 1
         self.sent_to = [0] * self.workers
+        # Deliveries to the clients of each node (see node_of).
+        self.nodes: int = command.get("nodes", 1)
+        self.delivered_by_node = [0] * self.nodes
         self.group_counts = self._group_counts() if self.kind == "group" else []
         self.sent = self.acked = self.errors = self.echoes = self.delivered = self.other = 0
         self.outstanding = 0
@@ -249,6 +262,7 @@ class _Traffic(_Phase):
             self.echoes += 1
         else:
             self.delivered += 1
+            self.delivered_by_node[node_of(client.index, self.nodes)] += 1
             self.delivery_ns.append(now - data["t"])
         if self.expected_deliveries is not None:
             self._maybe_drained()
@@ -334,8 +348,9 @@ class Generator:
 
     async def op_connect(self, command: dict[str, Any]) -> dict[str, Any]:
         """Connect and authorize users ``first`` … ``first+count-1``, ``burst``
-        at a time: a burst starts when the one before is authorized."""
-        url, first, count, burst = (command[k] for k in ("url", "first", "count", "burst"))
+        at a time: a burst starts when the one before is authorized. User
+        ``i`` connects to ``urls[node_of(i, len(urls))]`` (one URL per node)."""
+        urls, first, count, burst = (command[k] for k in ("urls", "first", "count", "burst"))
         timeout = command["timeout"]
         started = perf_counter_ns()
         slowest_burst = 0
@@ -345,7 +360,10 @@ class Generator:
             burst_started = perf_counter_ns()
             indices = range(start, min(start + burst, first + count))
             opened = await asyncio.wait_for(
-                asyncio.gather(*(self._open(url, i) for i in indices), return_exceptions=True),
+                asyncio.gather(
+                    *(self._open(urls[node_of(i, len(urls))], i) for i in indices),
+                    return_exceptions=True,
+                ),
                 timeout,
             )
             clients = []
@@ -454,6 +472,7 @@ class Generator:
             "error_samples": traffic.error_samples,
             "echoes": traffic.echoes,
             "delivered": traffic.delivered,
+            "delivered_by_node": traffic.delivered_by_node,
             "other_pushes": traffic.other,
             "expected_deliveries": command["deliveries"],
             "reply_ns": traffic.reply_ns,

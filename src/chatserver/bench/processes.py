@@ -21,7 +21,7 @@ from typing import IO, Any, cast
 
 from chatserver.bench.loadgen import worker_main
 from chatserver.bench.population import Population
-from chatserver.bench.sysinfo import raise_open_files_limit
+from chatserver.bench.sysinfo import children, raise_open_files_limit
 
 # Twisted logs "<factory> starting on PORT" when a port opens: the factory is
 # ChatServerFactory, or the web site that serves it beside a page.
@@ -72,6 +72,8 @@ class Target:
     :ivar collects: whether it offers the bench's garbage-collection actions
         (``None``: not known yet; the runner asks it once).
     :ivar profilable: whether py-spy can record it (it runs Python).
+    :ivar redis: the Redis its nodes share, if it has several (its CPU and
+        its publishes are then read too).
     """
 
     label = "server"
@@ -79,6 +81,27 @@ class Target:
     pid: int | None = None
     collects: bool | None = False
     profilable = False
+    redis: RedisServer | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        """Where clients connect, one URL per node (see
+        :func:`~chatserver.bench.loadgen.node_of` for which user goes where)."""
+        return [self.url] if self.url is not None else []
+
+    def node_pids(self) -> list[int]:
+        """The processes that serve clients (nodes, workers), in a stable
+        order: the bench reads the CPU of each."""
+        return [self.pid] if self.pid is not None else []
+
+    def cpu_pids(self) -> list[int]:
+        """Every process whose CPU is the server's (the nodes and anything
+        that supervises them): the bench sums their CPU."""
+        return self.node_pids()
+
+    def profile_pid(self) -> tuple[int, bool] | None:
+        """The process py-spy records, and whether with its subprocesses."""
+        return (self.pid, False) if self.pid is not None else None
 
     def begin(self, population: Population) -> None:
         """Be ready to serve ``population``."""
@@ -264,10 +287,77 @@ class RedisServer:
             time.sleep(0.05)  # polling a process we just started; there is no event to wait on
         raise BenchError("redis-server did not start")
 
+    @property
+    def pid(self) -> int:
+        """The redis-server process (its CPU is read from /proc)."""
+        return self.process.pid
+
+    def command_calls(self) -> dict[str, int]:
+        """How many times each command ran since the server started (from
+        ``INFO commandstats``), e.g. ``{"publish": 1200, "evalsha": 3}``.
+
+        :raise BenchError: if the server does not answer.
+        """
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                sock.sendall(b"INFO commandstats\r\n")
+                reply = b""
+                # A bulk string: $LENGTH\r\n, then LENGTH bytes and \r\n.
+                while b"\r\n" not in reply:
+                    reply += _recv(sock)
+                header, _, body = reply.partition(b"\r\n")
+                length = int(header[1:])
+                while len(body) < length:
+                    body += _recv(sock)
+        except (OSError, ValueError) as e:
+            raise BenchError(f"redis-server did not answer INFO: {e}") from None
+        calls = {}
+        for line in body[:length].decode().splitlines():
+            # cmdstat_publish:calls=3,usec=12,...
+            name, _, stats = line.partition(":")
+            if name.startswith("cmdstat_") and stats.startswith("calls="):
+                calls[name.removeprefix("cmdstat_")] = int(stats.split(",")[0][6:])
+        return calls
+
+    def listen_on(self, addresses: Sequence[str]) -> None:
+        """Listen on these addresses too (besides 127.0.0.1) from now on, or
+        on 127.0.0.1 alone again if none (``CONFIG SET``, Redis 7 and later).
+
+        Protected mode, which refuses clients from other addresses than the
+        loopback's when Redis has no password, is off meanwhile: the bench's
+        addresses are those of veth pairs that lead only to its own network
+        namespaces.
+
+        :raise BenchError: if Redis refuses.
+        """
+        self._config_set("bind", " ".join(["127.0.0.1", *addresses]))
+        self._config_set("protected-mode", "no" if addresses else "yes")
+
+    def _config_set(self, name: str, value: str) -> None:
+        words = [b"CONFIG", b"SET", name.encode(), value.encode()]
+        command = b"*%d\r\n" % len(words) + b"".join(
+            b"$%d\r\n%b\r\n" % (len(word), word) for word in words
+        )
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sock:
+                sock.sendall(command)
+                reply = _recv(sock)
+        except OSError as e:
+            raise BenchError(f"redis-server did not answer CONFIG SET {name}: {e}") from None
+        if not reply.startswith(b"+OK"):
+            raise BenchError(f"redis-server refused CONFIG SET {name} {value}: {reply!r}")
+
     def stop(self) -> None:
         """Kill it (as a crash would)."""
         self.process.kill()
         self.process.wait(STOP_TIMEOUT)
+
+
+def _recv(sock: socket.socket) -> bytes:
+    data = sock.recv(65536)
+    if not data:
+        raise OSError("connection closed")
+    return data
 
 
 class LocalServer(Target):
@@ -275,8 +365,9 @@ class LocalServer(Target):
     chatserver`` on an ephemeral loopback port, and always stopped.
 
     With ``workers`` above 1 it runs as ``--workers N`` on one port, the
-    workers reaching each other through ``redis``; CPU and memory are then not
-    read (they are spread over the workers), only throughput and latency.
+    workers reaching each other through ``redis``; its CPU is then the sum of
+    every worker's and the supervisor's (each worker's is also reported), and
+    py-spy records the supervisor with its subprocesses; memory is not read.
     """
 
     label = "chatserver"
@@ -306,13 +397,33 @@ class LocalServer(Target):
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
         self.workers = workers
-        self.redis = redis
+        self.redis = redis if workers > 1 else None
+        # Where a single process listens, and what its command runs under
+        # (``ip netns exec NAME`` for a node in a namespace of its own).
+        self.interface = "127.0.0.1"
+        self.wrapper: list[str] = []
         if workers > 1:
             if redis is None:
                 raise ValueError("several workers need a Redis")
             self.label = f"chatserver x{workers}"
             self.collects = False
-            self.profilable = False
+        self._supervisor: int | None = None
+
+    def node_pids(self) -> list[int]:
+        if self.workers == 1 or self._supervisor is None:
+            return super().node_pids()
+        return children(self._supervisor)
+
+    def cpu_pids(self) -> list[int]:
+        if self.workers == 1 or self._supervisor is None:
+            return super().cpu_pids()
+        # The supervisor idles, but what it spends is the server's too.
+        return [self._supervisor, *self.node_pids()]
+
+    def profile_pid(self) -> tuple[int, bool] | None:
+        if self.workers == 1 or self._supervisor is None:
+            return super().profile_pid()
+        return (self._supervisor, True)
 
     def argv(self) -> list[str]:
         """The command that starts the server."""
@@ -328,8 +439,9 @@ class LocalServer(Target):
                 self.redis.url,
             ]
         else:
-            listen = ["--endpoint", f"tcp:0:interface=127.0.0.1:backlog={BACKLOG}"]
+            listen = ["--endpoint", f"tcp:0:interface={self.interface}:backlog={BACKLOG}"]
         argv = [
+            *self.wrapper,
             sys.executable,
             "-m",
             "chatserver",
@@ -355,17 +467,19 @@ class LocalServer(Target):
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         self.pid = self.process.pid if self.workers == 1 else None
+        self._supervisor = self.process.pid if self.workers > 1 else None
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             log = self.log()
             match = LISTENING.search(log)
             if match and self.workers == 1:
-                self.url = f"ws://127.0.0.1:{int(match.group(1))}/"
+                self.url = f"ws://{self.interface}:{int(match.group(1))}/"
                 return
             if (
                 self.workers > 1
                 and len(LISTENING.findall(log)) >= self.workers
                 and log.count(b"Redis: subscribed") >= self.workers
+                and len(children(self.process.pid)) >= self.workers
             ):
                 self.url = f"ws://127.0.0.1:{self.port}/"
                 return
@@ -397,6 +511,199 @@ class LocalServer(Target):
             self._log = None
         self.url = None
         self.pid = None
+        self._supervisor = None
+
+
+def _ip(*args: str) -> None:
+    """Run ``ip ARGS``.
+
+    :raise BenchError: if it fails.
+    """
+    try:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as e:
+        detail = getattr(e, "stderr", b"") or b""
+        raise BenchError(f"ip {' '.join(args)}: {e} {detail.decode(errors='replace')}") from None
+
+
+class Namespaces:
+    """A network namespace per node, each joined to this one by a veth pair
+    with two link-local addresses (the node's side and ours): the nodes then
+    reach Redis, and the load generators reach them, through a network
+    interface as on separate hosts, though the packets never leave the
+    machine. Made with ``ip netns add`` (root only) and always removed by
+    :meth:`close`.
+    """
+
+    def __init__(self, count: int) -> None:
+        """
+        :raise BenchError: if they cannot be made (not root, no ``ip``); none
+            is left behind then.
+        """
+        tag = os.getpid() % 100_000
+        # A /30 per node in a 169.254.X.0/24 of this process's own.
+        block = 100 + os.getpid() % 100
+        if count > 63:
+            raise BenchError("at most 63 nodes in namespaces")
+        self.names: list[str] = []
+        self.links: list[str] = []
+        self.ours: list[str] = []
+        self.theirs: list[str] = []
+        try:
+            for k in range(count):
+                name = f"chatbench{tag}n{k}"
+                ours, theirs = f"cb{tag}h{k}", f"cb{tag}n{k}"
+                _ip("netns", "add", name)
+                self.names.append(name)
+                _ip("link", "add", ours, "type", "veth", "peer", "name", theirs, "netns", name)
+                self.links.append(ours)
+                host, node = f"169.254.{block}.{4 * k + 1}", f"169.254.{block}.{4 * k + 2}"
+                _ip("addr", "add", f"{host}/30", "dev", ours)
+                _ip("link", "set", ours, "up")
+                _ip("-n", name, "addr", "add", f"{node}/30", "dev", theirs)
+                _ip("-n", name, "link", "set", theirs, "up")
+                _ip("-n", name, "link", "set", "lo", "up")
+                self.ours.append(host)
+                self.theirs.append(node)
+        except BenchError:
+            self.close()
+            raise
+
+    def wrapper(self, index: int) -> list[str]:
+        """The command prefix that runs a command in namespace ``index``."""
+        return ["ip", "netns", "exec", self.names[index]]
+
+    def close(self) -> None:
+        """Remove every namespace and veth pair."""
+        # The pairs first: removing a namespace removes its pair only later,
+        # and the next cluster's pairs take the same names.
+        links, self.links = self.links, []
+        for link in links:
+            with contextlib.suppress(BenchError):
+                _ip("link", "del", link)
+        names, self.names = self.names, []
+        for name in names:
+            with contextlib.suppress(BenchError):
+                _ip("netns", "del", name)
+
+
+class ClusterNodes(Target):
+    """``nodes`` separate server processes (``python -m chatserver``, i.e.
+    ``twistd -n chatserver``), each on a port of its own and all sharing
+    ``redis``, as nodes on separate machines would: clients are spread over
+    them evenly (:func:`~chatserver.bench.loadgen.node_of`), so most
+    deliveries cross nodes through Redis. Started afresh for each scenario,
+    one after the other, and always stopped.
+
+    On 127.0.0.1, or with ``netns`` each in a network namespace of its own
+    (:class:`Namespaces`), reaching Redis and reached by the load generators
+    through a veth pair, as over a network.
+
+    The CPU of each node is read (and their sum is the server's), and Redis's;
+    memory is not. py-spy records the first node.
+    """
+
+    collects = False
+    profilable = True
+
+    def __init__(
+        self,
+        nodes: int,
+        redis: RedisServer,
+        storage: str | None = None,
+        claimed_ids: bool = False,
+        extra_args: list[str] | None = None,
+        netns: bool = False,
+    ) -> None:
+        """
+        :param nodes: how many nodes (1 is a cluster of one: a single
+            process that still follows Redis, for a baseline).
+        :param redis: the Redis they share.
+        :param storage, claimed_ids, extra_args: as for :class:`LocalServer`.
+        :param netns: each node in a network namespace of its own (root only).
+        """
+        self.nodes = nodes
+        self.redis = self._redis = redis
+        self.netns = netns
+        self._namespaces: Namespaces | None = None
+        self.label = f"chatserver {nodes} node{'s' if nodes > 1 else ''}"
+        if netns:
+            self.label += " netns"
+        self.storage = storage
+        self.claimed_ids = claimed_ids
+        self.extra_args = extra_args or []
+        self.servers: list[LocalServer] = []
+        self._clusters = 0
+
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.servers if s.url is not None]
+
+    def node_pids(self) -> list[int]:
+        return [s.pid for s in self.servers if s.pid is not None]
+
+    def profile_pid(self) -> tuple[int, bool] | None:
+        pids = self.node_pids()
+        return (pids[0], False) if pids else None
+
+    def begin(self, population: Population) -> None:
+        # One after the other, each once the previous ones are subscribed: a
+        # node then finds all of them in the map it loads, and they hear of
+        # it from its registration, so no push is routed on a partial map.
+        # A prefix of its own for each cluster: nothing a previous scenario
+        # left in Redis can be taken for one of its nodes.
+        self._clusters += 1
+        prefix = f"prefix=bench-{os.getpid()}-{self._clusters}"
+        redis = self._redis
+        try:
+            if self.netns:
+                namespaces = self._namespaces = Namespaces(self.nodes)
+                redis.listen_on(namespaces.ours)
+            self.servers = []
+            for index in range(self.nodes):
+                host = "127.0.0.1"
+                if self._namespaces is not None:
+                    host = self._namespaces.ours[index]
+                url = f"redis://{host}:{redis.port}/0?{prefix}"
+                server = LocalServer(
+                    self.storage, self.claimed_ids, [*self.extra_args, "--redis", url]
+                )
+                if self._namespaces is not None:
+                    server.interface = self._namespaces.theirs[index]
+                    server.wrapper = self._namespaces.wrapper(index)
+                self.servers.append(server)
+            for index, server in enumerate(self.servers):
+                server.begin(population)
+                ready = f"users online on {index} other nodes".encode()
+                deadline = time.monotonic() + START_TIMEOUT
+                while ready not in server.log():
+                    server.check_alive()
+                    if time.monotonic() > deadline:
+                        tail = server.log().decode(errors="replace")[-4000:]
+                        raise BenchError(f"node {index} did not join the others:\n{tail}")
+                    time.sleep(0.05)  # polling the log of a process we just started
+        except BaseException:
+            self.end()
+            raise
+        self.url = self.servers[0].url
+
+    def check_alive(self) -> None:
+        for index, server in enumerate(self.servers):
+            try:
+                server.check_alive()
+            except BenchError as e:
+                raise BenchError(f"node {index}: {e}") from None
+
+    def end(self) -> None:
+        servers, self.servers = self.servers, []
+        for server in servers:
+            server.end()
+        self.url = None
+        namespaces, self._namespaces = self._namespaces, None
+        if namespaces is not None:
+            with contextlib.suppress(BenchError):
+                self._redis.listen_on([])
+            namespaces.close()
 
 
 class Generators:

@@ -147,6 +147,41 @@ def table(headers: list[str], rows: list[list[str]], left: int = 1) -> str:
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
+_NODE_HEADERS = [
+    "server",
+    "scenario",
+    "msg/s",
+    "srv µs/msg",
+    "srv µs/deliv",
+    "per node µs/deliv",
+    "per node CPU",
+    "Redis µs/msg",
+    "Redis CPU",
+    "pub/msg",
+]
+
+
+def _node_row(r: Result) -> list[str]:
+    per_node_cpu = "-"
+    if r.node_cpu_seconds is not None and r.seconds:
+        per_node_cpu = " ".join(_pct(c / r.seconds) for c in r.node_cpu_seconds)
+    per_delivery = "-"
+    if r.node_cpu_us_per_delivery is not None:
+        per_delivery = " ".join(_f(c) for c in r.node_cpu_us_per_delivery)
+    return [
+        r.target,
+        r.scenario,
+        _f(r.messages_per_second, 0),
+        _f(r.server_cpu_us_per_message),
+        _f(r.server_cpu_us_per_delivery),
+        per_delivery,
+        per_node_cpu,
+        _f(r.redis_cpu_us_per_message),
+        _pct(r.redis_cpu_utilisation),
+        _f(r.publishes_per_message, 2),
+    ]
+
+
 def render(results: list[Result], machine: dict[str, Any]) -> str:
     """The tables a person reads."""
     parts = [
@@ -199,6 +234,17 @@ def render(results: list[Result], machine: dict[str, Any]) -> str:
                 ],
             )
         )
+    spread_out = [
+        r for r in traffic if r.node_cpu_seconds is not None or r.redis_cpu_seconds is not None
+    ]
+    if spread_out:
+        parts.append(
+            "\nNodes and Redis (srv: every node or worker summed; per node: its CPU per "
+            "delivery to its own clients,\nwhen the bench spread the clients, else its share "
+            "of a core; Redis: the redis-server process; pub/msg: PUBLISH commands per "
+            "message)\n"
+        )
+        parts.append(table(_NODE_HEADERS, [_node_row(r) for r in spread_out]))
     parts.append(
         "\nConnections and memory (clients authorize in bursts; RSS after a full GC and "
         "settling; full GC ms: how long that collection stopped the server)\n"

@@ -134,6 +134,15 @@ class Result:
     rss_per_connection_kb: float | None = None
     server_gc: dict[str, Any] | None = None
     server_full_gc_ms: float | None = None
+    node_cpu_seconds: list[float] | None = None
+    node_deliveries: list[int] | None = None
+    node_cpu_us_per_delivery: list[float] | None = None
+    server_cpu_us_per_delivery: float | None = None
+    redis_cpu_seconds: float | None = None
+    redis_cpu_utilisation: float | None = None
+    redis_cpu_us_per_message: float | None = None
+    redis_publishes: int | None = None
+    publishes_per_message: float | None = None
     other_cpu_load: float | None = None
     steal_cpu_load: float | None = None
     complete: bool = True
@@ -201,8 +210,11 @@ class Profiler:
         name: str,
         output_format: str = "raw",
         native: bool = False,
+        subprocesses: bool = False,
     ) -> None:
         """
+        :param subprocesses: record ``pid``'s child processes too (the
+            workers of a supervisor), into the same output.
         :param output_format: one of :data:`PROFILE_FORMATS`: ``raw``
             (collapsed stacks, ``a;b;c count`` lines, which flamegraph.pl and
             speedscope read and :func:`~chatserver.bench.report.summarize_profile`
@@ -231,6 +243,7 @@ class Profiler:
                 "--output",
                 str(self.path),
                 *(["--native"] if native else []),
+                *(["--subprocesses"] if subprocesses else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -257,9 +270,9 @@ class Noise:
     busy are not to be trusted."""
 
     def __init__(self, generators: Generators, target: Target) -> None:
-        self.pids = [os.getpid(), *generators.pids]
-        if target.pid is not None:
-            self.pids.append(target.pid)
+        self.pids = [os.getpid(), *generators.pids, *target.cpu_pids()]
+        if target.redis is not None:
+            self.pids.append(target.redis.pid)
         self.machine = MachineTimes.read()
         self.ours = self._ours()
 
@@ -276,6 +289,67 @@ class Noise:
         if seconds > 0:
             result.other_cpu_load = max(0, others) / CLOCK_TICK_HZ / seconds
             result.steal_cpu_load = (machine.steal - self.machine.steal) / CLOCK_TICK_HZ / seconds
+
+
+class CpuReadings:
+    """The CPU times of a server's processes at one moment: each node's (or
+    worker's), anything else of the server's (a supervisor), and its Redis's
+    with the commands Redis has run.
+
+    Two readings taken around a window give the CPU of each over it
+    (:meth:`since`); the processes are those of the first reading, so a
+    worker that appears meanwhile is not counted halfway.
+    """
+
+    def __init__(
+        self,
+        nodes: dict[int, CpuTimes],
+        others: dict[int, CpuTimes],
+        redis: CpuTimes | None,
+        redis_calls: dict[str, int] | None,
+    ) -> None:
+        self.nodes = nodes
+        self.others = others
+        self.redis = redis
+        self.redis_calls = redis_calls
+
+    @classmethod
+    def read(cls, target: Target, like: CpuReadings | None = None) -> CpuReadings:
+        """Read ``target``'s processes (those of ``like``, if given).
+
+        :raise BenchError: if a process of the server is gone.
+        """
+        node_pids = list(like.nodes) if like is not None else target.node_pids()
+        other_pids = (
+            list(like.others)
+            if like is not None
+            else [p for p in target.cpu_pids() if p not in node_pids]
+        )
+        try:
+            nodes = {pid: cpu_times(pid) for pid in node_pids}
+            others = {pid: cpu_times(pid) for pid in other_pids}
+        except OSError as e:
+            raise BenchError(f"a server process is gone: {e}") from None
+        redis = target.redis
+        if redis is None:
+            return cls(nodes, others, None, None)
+        return cls(nodes, others, cpu_times(redis.pid), redis.command_calls())
+
+    def since(self, earlier: CpuReadings) -> tuple[list[float], float, float | None]:
+        """CPU seconds since ``earlier``: each node's, the server's in all,
+        and Redis's (None without one)."""
+        per_node = [t.seconds_since(earlier.nodes[pid]) for pid, t in self.nodes.items()]
+        others = sum(t.seconds_since(earlier.others[pid]) for pid, t in self.others.items())
+        redis = None
+        if self.redis is not None and earlier.redis is not None:
+            redis = self.redis.seconds_since(earlier.redis)
+        return per_node, sum(per_node) + others, redis
+
+    def publishes_since(self, earlier: CpuReadings) -> int | None:
+        """PUBLISH commands Redis ran since ``earlier`` (None without Redis)."""
+        if self.redis_calls is None or earlier.redis_calls is None:
+            return None
+        return self.redis_calls.get("publish", 0) - earlier.redis_calls.get("publish", 0)
 
 
 class Runner:
@@ -353,12 +427,23 @@ class Runner:
     def _profiler(self, target: Target) -> Profiler:
         """py-spy on ``target`` if profiles were asked for and it runs Python."""
         directory = self.profile_dir if target.profilable else None
+        recorded = target.profile_pid()
+        pid, subprocesses = recorded if recorded is not None else (None, False)
         return Profiler(
-            directory, target.pid, self._profile_name, self.profile_format, self.profile_native
+            directory,
+            pid,
+            self._profile_name,
+            self.profile_format,
+            self.profile_native,
+            subprocesses,
         )
 
-    def _cpu(self, target: Target) -> CpuTimes | None:
-        return cpu_times(target.pid) if target.pid is not None else None
+    def _cpu(self, target: Target, like: CpuReadings | None = None) -> CpuReadings | None:
+        """The CPU of every process of ``target`` (and of its Redis) now;
+        None if none of its processes is known."""
+        if like is None and not target.cpu_pids():
+            return None
+        return CpuReadings.read(target, like)
 
     def _connect(self, target: Target, scenario: Scenario, result: Result) -> list[int]:
         """Connect and authorize every user; returns the owner of each user."""
@@ -368,7 +453,7 @@ class Runner:
             [
                 {
                     "op": "connect",
-                    "url": target.url,
+                    "urls": target.urls,
                     "first": first,
                     "count": count,
                     "burst": scenario.burst,
@@ -470,11 +555,12 @@ class Runner:
             self._connect(target, scenario, result)
         finally:
             result.profile = profiler.stop()
-        after = self._cpu(target)
+        after = self._cpu(target, before)
         noise.stop(result, result.connect_seconds or 0.0)
         result.server_gc = self._gc_stats(target, reset=False)
         if before is not None and after is not None:
-            result.server_cpu_seconds = after.seconds_since(before)
+            per_node, result.server_cpu_seconds, result.redis_cpu_seconds = after.since(before)
+            result.node_cpu_seconds = per_node if len(per_node) > 1 else None
             if result.connections:
                 result.server_cpu_us_per_connection = (
                     result.server_cpu_seconds / result.connections * 1e6
@@ -531,6 +617,7 @@ class Runner:
                 "inflight": scenario.inflight,
                 "duration": duration,
                 "rate": scenario.rate * len(by_worker[w]) / max(1, len(senders)),
+                "nodes": max(1, len(target.urls)),
                 "timeout": PHASE_TIMEOUT,
             }
             for w in range(workers)
@@ -551,7 +638,7 @@ class Runner:
             elapsed = time.perf_counter() - started
         finally:
             result.profile = profiler.stop()
-        after = self._cpu(target)
+        after = self._cpu(target, before)
         noise.stop(result, elapsed)
         result.server_gc = self._gc_stats(target, reset=False)
 
@@ -584,15 +671,53 @@ class Runner:
         if result.pushes:
             result.generator_cpu_us_per_push = generator_cpu / result.pushes * 1e6
         if before is not None and after is not None:
-            cpu = after.seconds_since(before)
-            result.server_cpu_seconds = cpu
-            result.server_cpu_utilisation = cpu / elapsed
-            if result.acked:
-                result.server_cpu_us_per_message = cpu / result.acked * 1e6
-            if result.pushes:
-                result.server_cpu_us_per_push = cpu / result.pushes * 1e6
+            self._cpu_figures(result, before, after, drained, len(target.urls))
         if target.pid is not None:
             result.server_rss_end_mb = rss_bytes(target.pid) / 2**20
+
+    @staticmethod
+    def _cpu_figures(
+        result: Result,
+        before: CpuReadings,
+        after: CpuReadings,
+        drained: list[dict[str, Any]],
+        urls: int,
+    ) -> None:
+        """The server's CPU per message, push and delivery; with several
+        processes, each one's; with a Redis, its CPU and publishes."""
+        per_node, cpu, redis_cpu = after.since(before)
+        elapsed = result.seconds or 0.0
+        result.server_cpu_seconds = cpu
+        if elapsed:
+            result.server_cpu_utilisation = cpu / elapsed
+        if result.acked:
+            result.server_cpu_us_per_message = cpu / result.acked * 1e6
+        if result.pushes:
+            result.server_cpu_us_per_push = cpu / result.pushes * 1e6
+        if result.deliveries:
+            result.server_cpu_us_per_delivery = cpu / result.deliveries * 1e6
+        # A cluster of one node has its line too, as the baseline of larger ones.
+        clustered = len(per_node) > 1 or after.redis is not None
+        if clustered:
+            result.node_cpu_seconds = per_node
+        if clustered and urls == len(per_node):
+            # Clients were spread over the nodes by the bench: each node's
+            # deliveries are those to its own clients.
+            deliveries = [sum(d["delivered_by_node"][n] for d in drained) for n in range(urls)]
+            result.node_deliveries = deliveries
+            result.node_cpu_us_per_delivery = [
+                c / n * 1e6 if n else 0.0 for c, n in zip(per_node, deliveries, strict=True)
+            ]
+        if redis_cpu is not None:
+            result.redis_cpu_seconds = redis_cpu
+            if elapsed:
+                result.redis_cpu_utilisation = redis_cpu / elapsed
+            if result.acked:
+                result.redis_cpu_us_per_message = redis_cpu / result.acked * 1e6
+            publishes = after.publishes_since(before)
+            result.redis_publishes = publishes
+            if publishes is not None and result.acked:
+                result.publishes_per_message = publishes / result.acked
 
 
 def machine() -> dict[str, Any]:

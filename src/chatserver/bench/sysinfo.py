@@ -81,3 +81,23 @@ class MachineTimes:
         user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
         # guest time is already counted in user time.
         return cls(busy=user + nice + system + irq + softirq, steal=steal)
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``, in the order of their ids
+    (read from every ``/proc/PID/stat``, which needs no kernel option, unlike
+    ``/proc/PID/task/PID/children``)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        # The parent's id is the second field after the command name.
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return sorted(found)
