@@ -58,8 +58,8 @@ from typing import Any, Protocol
 
 import txaio
 from twisted.internet import tcp
-from twisted.internet.protocol import connectionDone
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -365,3 +365,124 @@ def quiet_txmongo() -> bool:
         return False
     _Connection.noisy = False
     return True
+
+
+# -- incoming frames -----------------------------------------------------------
+
+_fast_frames = True
+
+
+def _disable_fast_frames(reason: str) -> None:
+    global _fast_frames
+    if _fast_frames:
+        _fast_frames = False
+        log.warn(
+            "parsing every frame with Autobahn from now on: {reason} (this Autobahn release "
+            "differs from the tested ones; the server works, a bit slower)",
+            reason=reason,
+        )
+
+
+def fast_frames_enabled() -> bool:
+    """Whether small text frames still skip Autobahn's frame parser."""
+    return _fast_frames
+
+
+def unmask(masked: bytes, mask: bytes) -> bytes:
+    """``masked`` XORed with the 4-byte ``mask`` repeated (RFC 6455, 5.3)."""
+    n = len(masked)
+    key = (mask * ((n + 3) // 4))[:n]
+    return (int.from_bytes(masked, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+class FastFramesMixin:
+    """For an Autobahn ``WebSocketServerProtocol`` over Twisted: complete,
+    unfragmented, masked text frames of up to 64 KiB that arrive while the
+    connection is open and nothing else is buffered go straight to
+    ``onMessage``, UTF-8 validated as Autobahn would; everything else (control
+    frames, fragments, binary, partial or large frames, compression, a
+    heartbeat ping awaiting its pong) goes through Autobahn's parser, in order.
+
+    Autobahn spends some 20 Python calls per frame (frame header object,
+    masker, four hooks, an event fired with a Future, debug-log arguments
+    formatted for each read); a chat request is one small frame.
+
+    ``onMessageBegin``, ``onMessageFrameBegin`` and the other streaming hooks
+    are not called for a frame taken this way, nor are Autobahn's traffic
+    statistics updated: a subclass that relies on them for single-frame
+    messages must not use the mixin.
+    """
+
+    # What the mixin uses of the Autobahn protocol it is mixed into.
+    state: int
+    STATE_OPEN: int
+    STATE_CLOSED: int
+
+    def dataReceived(self, data: bytes) -> None:
+        """Take the complete small text frames at the head of ``data``;
+        hand what is left to Autobahn."""
+        if _fast_frames and self.state == self.STATE_OPEN:
+            try:
+                usable = (
+                    not self.data  # type: ignore[attr-defined]
+                    and self.current_frame is None  # type: ignore[attr-defined]
+                    and not self.inside_message  # type: ignore[attr-defined]
+                    and self._perMessageCompress is None  # type: ignore[attr-defined]
+                    and self.autoPingTimeoutCall is None  # type: ignore[attr-defined]
+                    and self._listeners is None  # type: ignore[attr-defined]
+                    and self.applyMask  # type: ignore[attr-defined]
+                    and not (
+                        self.logOctets  # type: ignore[attr-defined]
+                        or self.logFrames  # type: ignore[attr-defined]
+                        or self.trackedTimings  # type: ignore[attr-defined]
+                    )
+                )
+                limit = min(
+                    self.maxFramePayloadSize or 65535,  # type: ignore[attr-defined]
+                    self.maxMessagePayloadSize or 65535,  # type: ignore[attr-defined]
+                    65535,
+                )
+            except AttributeError as e:
+                _disable_fast_frames(f"{type(self).__name__}: {e}")
+                usable = False
+            if usable:
+                data = self._take_frames(data, limit)
+                if not data or self.state == self.STATE_CLOSED:
+                    # Closed meanwhile: Autobahn would drop the rest unparsed.
+                    return
+        super().dataReceived(data)  # type: ignore[misc]  # Autobahn's, next in the MRO
+
+    def _take_frames(self, data: bytes, limit: int) -> bytes:
+        """Hand each complete small text frame at the head of ``data`` to
+        ``onMessage``; return the rest, from the first frame not taken."""
+        pos = 0
+        end = len(data)
+        while pos + 6 <= end:
+            if data[pos] != 0x81:  # FIN, no RSV bits, text
+                break
+            length = data[pos + 1]
+            if length < 0x80:  # unmasked: Autobahn refuses it
+                break
+            length &= 0x7F
+            start = pos + 6
+            if length == 126:
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                if length < 126:  # not the minimal encoding: Autobahn refuses it
+                    break
+                start = pos + 8
+            elif length == 127:
+                break
+            stop = start + length
+            if stop > end or length > limit:
+                break
+            payload = unmask(data[start:stop], data[start - 4 : start]) if length else b""
+            if not payload.isascii():
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break  # Autobahn fails the connection, saying where
+            pos = stop
+            self.onMessage(payload, False)  # type: ignore[attr-defined]
+            if self.state != self.STATE_OPEN:
+                break
+        return data[pos:] if pos else data

@@ -21,7 +21,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatserver import errors, wire
-from chatserver._internals import GracefulCloseMixin, discard_input, tune_tcp, write_now
+from chatserver._internals import (
+    FastFramesMixin,
+    GracefulCloseMixin,
+    discard_input,
+    tune_tcp,
+    write_now,
+)
 from chatserver.errors import ChatError, Ending, SessionRefused
 from chatserver.limits import TokenBucket
 from chatserver.logs import escape
@@ -81,7 +87,7 @@ class _WriteWatch:
 
 # Autobahn's own bases disagree on the types of `peer` and
 # `_transport_details`; nothing of ours is at stake.
-class ChatServerProtocol(GracefulCloseMixin, WebSocketServerProtocol):  # type: ignore[misc]
+class ChatServerProtocol(FastFramesMixin, GracefulCloseMixin, WebSocketServerProtocol):  # type: ignore[misc]
     """Parses each frame into a request, hands it to the handler with the
     connection's session, and sends exactly one reply (or closes the
     connection with a code).

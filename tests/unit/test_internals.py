@@ -15,6 +15,7 @@ def restore():
     yield
     _internals._fast_writes = True
     _internals._discard_input = True
+    _internals._fast_frames = True
 
 
 class BareTransport(StringTransport):
@@ -73,6 +74,114 @@ def test_discarding_input_falls_back_when_autobahn_changed():
         data = b"unparsed"
 
     _internals._discard_input = True
+    _internals._fast_frames = True
     buffered = WithBuffer()
     _internals.discard_input(buffered)
     assert buffered.data == b""
+
+
+def _frame(payload: bytes, opcode: int = 0x1, fin: bool = True, mask: bytes = b"\x11\x22\x33\x44"):
+    import struct
+
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class Parsed:
+    """What Autobahn's parser was handed (the MRO's next dataReceived)."""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.passed.append(data)
+
+
+class FrameProtocol(_internals.FastFramesMixin, Parsed):
+    STATE_OPEN, STATE_CLOSING, STATE_CLOSED = 1, 2, 3
+
+    def __init__(self) -> None:
+        self.state = self.STATE_OPEN
+        self.data = b""
+        self.current_frame = None
+        self.inside_message = False
+        self._perMessageCompress = None
+        self.autoPingTimeoutCall = None
+        self._listeners = None
+        self.applyMask = True
+        self.logOctets = self.logFrames = False
+        self.trackedTimings = None
+        self.maxFramePayloadSize = self.maxMessagePayloadSize = 1000
+        self.messages: list[bytes] = []
+        self.passed: list[bytes] = []
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        self.messages.append(payload)
+
+
+def test_small_text_frames_skip_the_parser_and_the_rest_goes_to_it_in_order():
+    protocol = FrameProtocol()
+    ping = _frame(b"hi", opcode=0x9)
+    data = _frame(b'{"a": 1}') + _frame("é€".encode() * 100) + ping + _frame(b"after")
+    protocol.dataReceived(data)
+    assert protocol.messages == [b'{"a": 1}', "é€".encode() * 100]
+    assert protocol.passed == [ping + _frame(b"after")]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        _frame(b"\xed\xa0\x80"),  # a surrogate: invalid UTF-8
+        _frame(b"bin", opcode=0x2),
+        _frame(b"part", fin=False),
+        _frame(b"x" * 2000),  # over the frame limit: Autobahn closes with 1009
+        _frame(b'{"a": 1}')[:-1],  # incomplete
+        b"\x81\x05hello",  # unmasked
+    ],
+)
+def test_frames_the_fast_path_does_not_take_go_to_the_parser(frame):
+    protocol = FrameProtocol()
+    protocol.dataReceived(frame + _frame(b"next"))
+    assert protocol.messages == []
+    assert protocol.passed == [frame + _frame(b"next")]
+
+
+def test_nothing_skips_the_parser_while_it_holds_part_of_a_frame():
+    protocol = FrameProtocol()
+    protocol.data = b"\x81"
+    protocol.dataReceived(_frame(b"x"))
+    assert protocol.messages == []
+
+
+def test_input_after_a_close_in_the_middle_of_a_read_is_dropped():
+    protocol = FrameProtocol()
+
+    def close(payload: bytes, isBinary: bool) -> None:
+        protocol.state = protocol.STATE_CLOSED
+
+    protocol.onMessage = close  # type: ignore[method-assign]
+    protocol.dataReceived(_frame(b"a") + _frame(b"b"))
+    assert protocol.passed == []
+
+
+def test_frames_go_through_autobahn_when_it_changed():
+    protocol = FrameProtocol()
+    del protocol.inside_message
+    data = _frame(b"x")
+    protocol.dataReceived(data)
+    assert protocol.passed == [data]
+    assert not _internals.fast_frames_enabled()
+
+
+def test_unmask_matches_the_rfc():
+    import os
+
+    for n in (0, 1, 3, 4, 5, 127, 1000):
+        payload, mask = os.urandom(n), os.urandom(4)
+        assert _internals.unmask(payload, mask) == bytes(
+            b ^ mask[i % 4] for i, b in enumerate(payload)
+        )
