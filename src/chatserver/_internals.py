@@ -486,3 +486,81 @@ class FastFramesMixin:
             if self.state != self.STATE_OPEN:
                 break
         return data[pos:] if pos else data
+
+
+# -- Autobahn's debug-log arguments -----------------------------------------------
+
+
+class _LazyText:
+    """A log argument formatted only if a log line is written."""
+
+    __slots__ = ("_args", "_render")
+
+    def __init__(self, render: Any, *args: Any) -> None:
+        self._render = render
+        self._args = args
+
+    def __str__(self) -> str:
+        return str(self._render(*self._args))
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _lazy(render: Any) -> Any:
+    def lazily(*args: Any) -> _LazyText:
+        return _LazyText(render, *args)
+
+    lazily.__wrapped__ = render  # type: ignore[attr-defined]
+    return lazily
+
+
+#: Module globals of Autobahn used only to build debug-log arguments, which are
+#: built whether debug logging is on or not: ``pformat`` of the protocol's 30
+#: options on every connection (a third of a connection's CPU time), and
+#: coloured names of methods on every connection and every read.
+_LOG_ARGUMENT_BUILDERS = {
+    "autobahn.websocket.protocol": ("pformat", "hltype", "hlval"),
+    "autobahn.twisted.websocket": ("hltype", "hlval"),
+}
+
+
+def lazy_autobahn_log_arguments() -> bool:
+    """Make Autobahn build its debug-log arguments only when a debug line is
+    written (what is logged stays the same, word for word).
+
+    Each name is replaced only where it is still the function from
+    ``pprint`` or ``autobahn.util`` it was when this was written.
+
+    :return: whether every name was found and made lazy; if an Autobahn
+        release moved one, that one stays eager (slower, nothing else).
+    """
+    import importlib
+    import pprint
+
+    import autobahn.util
+
+    originals = {
+        "pformat": pprint.pformat,
+        "hltype": autobahn.util.hltype,
+        "hlval": autobahn.util.hlval,
+    }
+    complete = True
+    for module_name, names in _LOG_ARGUMENT_BUILDERS.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            current = getattr(module, name, None)
+            if getattr(current, "__wrapped__", None) is originals[name]:
+                continue  # made lazy already
+            if current is not originals[name]:
+                complete = False
+                log.info(
+                    "{module}.{name} is not what it was: its debug-log arguments stay eager",
+                    module=module_name,
+                    name=name,
+                )
+                continue
+            setattr(module, name, _lazy(current))
+    return complete

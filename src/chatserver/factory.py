@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from chatserver._internals import TurnBatcher
+from chatserver._internals import TurnBatcher, lazy_autobahn_log_arguments
 from chatserver.delivery import SessionRegistry
 from chatserver.events import SOCKET_CLOSED, SOCKET_CONNECTED, EventEmitter
 from chatserver.handlers import ChatHandler
@@ -70,6 +70,7 @@ class ChatServerFactory(WebSocketServerFactory):
         :param verbose: log each request (never its data).
         """
         super().__init__(None, reactor=reactor)
+        lazy_autobahn_log_arguments()
         self.handler = handler
         self.registry = registry
         self.api = api

@@ -185,3 +185,29 @@ def test_unmask_matches_the_rfc():
         assert _internals.unmask(payload, mask) == bytes(
             b ^ mask[i % 4] for i, b in enumerate(payload)
         )
+
+
+def test_autobahn_debug_log_arguments_are_built_only_when_written():
+    import pprint
+
+    import autobahn.util
+    import autobahn.websocket.protocol as protocol
+
+    assert _internals.lazy_autobahn_log_arguments()
+    assert _internals.lazy_autobahn_log_arguments()  # idempotent
+    options = [("openHandshakeTimeout", 5, "Factory")]
+    lazy = protocol.pformat(options)
+    assert str(lazy) == f"{lazy}" == pprint.pformat(options)
+    method = protocol.WebSocketServerProtocol.sendData
+    assert f"{protocol.hltype(method)}" == autobahn.util.hltype(method)
+
+
+def test_a_moved_autobahn_log_helper_stays_as_it_is(monkeypatch):
+    import autobahn.twisted.websocket as websocket
+
+    def hlval(value, color="white", bold=True):
+        return str(value)
+
+    monkeypatch.setattr(websocket, "hlval", hlval)
+    assert not _internals.lazy_autobahn_log_arguments()
+    assert websocket.hlval is hlval
