@@ -9,8 +9,8 @@ release renames something, the server gets slower, never silent.
 Private attributes used:
 
 - ``twisted.internet.tcp.Connection``: ``_tempDataBuffer``, ``dataBuffer``,
-  ``offset`` (what is still queued for the socket) and ``writeSomeData`` (a
-  write straight to the socket), so that a connection whose queue is empty
+  ``offset`` (what is still queued for the socket) and ``socket`` (to write
+  straight to it), so that a connection whose queue is empty
   is written at once, without the two ``epoll_ctl`` calls of a queued write.
 - ``autobahn.websocket.protocol.WebSocketProtocol.data``: the bytes received
   and not parsed yet. Autobahn parses everything already read even after the
@@ -53,6 +53,7 @@ stock behaviour and says so once in the log.
 
 from __future__ import annotations
 
+import errno
 import inspect
 from typing import Any, Protocol
 
@@ -91,7 +92,7 @@ def write_now(transport: ITransport, data: bytes) -> None:
     (as libuv does), else through ``transport.write``.
 
     Only a plain TCP connection qualifies: a TLS transport forwards unknown
-    attributes to the TCP connection under it, whose ``writeSomeData`` would
+    attributes to the TCP connection under it, whose ``socket`` would
     bypass the encryption.
     """
     if _fast_writes and isinstance(transport, tcp.Connection):
@@ -101,22 +102,24 @@ def write_now(transport: ITransport, data: bytes) -> None:
                 and len(transport.dataBuffer) == transport.offset
                 and not transport.disconnecting
             )
-            write_some = transport.writeSomeData
+            send = transport.socket.send
         except (AttributeError, TypeError) as e:
             _disable_fast_writes(f"{type(transport).__name__}: {e}")
             idle = False
         if idle:
-            sent = write_some(data)
-            if type(sent) is int:
-                if sent == len(data):
+            # What writeSomeData does, without its slice view and EINTR loop
+            # (Python retries EINTR itself since 3.5).
+            try:
+                sent = send(data)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.ENOBUFS):
+                    # The connection is lost: write() lets Twisted see it.
+                    transport.write(data)
                     return
-                if not 0 <= sent < len(data):
-                    _disable_fast_writes(f"writeSomeData returned {sent} for {len(data)} bytes")
-                    # Nothing is known to have been sent: queue it all.
-                else:
-                    data = data[sent:]
-            # Anything else (an exception object): the connection is lost,
-            # and write() lets Twisted see it.
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]  # the socket's buffer is full: queue the rest
     transport.write(data)
 
 
