@@ -543,12 +543,13 @@ def lazy_autobahn_log_arguments() -> bool:
     import importlib
     import pprint
 
-    import autobahn.util
-
+    # Imported by name: the storage modules that use this module's other
+    # helpers must not depend on Autobahn.
+    util = importlib.import_module("autobahn.util")
     originals = {
         "pformat": pprint.pformat,
-        "hltype": autobahn.util.hltype,
-        "hlval": autobahn.util.hlval,
+        "hltype": util.hltype,
+        "hlval": util.hlval,
     }
     complete = True
     for module_name, names in _LOG_ARGUMENT_BUILDERS.items():
