@@ -19,6 +19,15 @@ Private attributes used:
   it instead.
 - ``autobahn.websocket.protocol.WebSocketProtocol._closeConnection``: see
   :class:`GracefulCloseMixin`.
+- ``twisted.internet.defer.Deferred``: ``result``, ``paused``, ``_callbacks``,
+  ``_chainedTo`` and ``_runningCallbacks``, to take the result of a Deferred
+  that has already succeeded (an in-memory store's) instead of adding
+  callbacks that would run at once: see :func:`fired_result`.
+- Autobahn's frame parser state (``data``, ``current_frame``,
+  ``inside_message`` and the options it reads per frame): see
+  :class:`FastFramesMixin`.
+- The module globals ``pformat``, ``hltype`` and ``hlval`` of Autobahn's
+  protocol modules: see :func:`lazy_autobahn_log_arguments`.
 - ``txmongo.connection._Connection``, the factory txmongo reconnects each
   pooled connection with: see :func:`quiet_txmongo`.
 
@@ -59,6 +68,7 @@ from typing import Any, Protocol
 
 import txaio
 from twisted.internet import tcp
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -568,3 +578,42 @@ def lazy_autobahn_log_arguments() -> bool:
                 continue
             setattr(module, name, _lazy(current))
     return complete
+
+
+# -- Deferreds that have already fired -------------------------------------------
+
+_take_results = True
+
+
+def fired_result(d: Deferred[Any], pending: Any) -> Any:
+    """The result of ``d`` if it has already succeeded and nothing else is
+    waiting on it (no callbacks queued, not paused, not chained), for a
+    caller that would otherwise add a callback only to have it run at once;
+    else ``pending``, and the caller adds its callbacks as usual.
+
+    A failure is never taken: adding an errback is what marks it handled.
+    """
+    global _take_results
+    if not _take_results or not d.called:
+        return pending
+    fired: Any = d  # its private parts are not in its type
+    try:
+        if (
+            fired.paused
+            or fired._callbacks
+            or fired._chainedTo is not None
+            or fired._runningCallbacks
+        ):
+            return pending
+        result = fired.result
+    except AttributeError as e:
+        _take_results = False
+        log.warn(
+            "adding callbacks to Deferreds that have already fired, from now on: {reason} "
+            "(this Twisted release differs from the tested ones; the server works, a bit slower)",
+            reason=str(e),
+        )
+        return pending
+    if isinstance(result, (Failure, Deferred)):
+        return pending
+    return result

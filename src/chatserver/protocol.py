@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -275,7 +276,16 @@ class ChatServerProtocol(FastFramesMixin, GracefulCloseMixin, WebSocketServerPro
         handler = factory.handler
         action = request.action
         assert self.session is not None  # opened before any message
-        d = handler.handle(self.session, action, request.data)
+        result = handler.handle_now(self.session, action, request.data)
+        if not isinstance(result, Deferred):
+            if not factory.verbose:
+                # Answered at once (an in-memory store): no Deferred to run
+                # the reply through.
+                label = action if handler.is_action(action) else "unknown"
+                self._send_reply(result, request.id, label)
+                return
+            result = succeed(result)
+        d: Deferred[Any] = result
         if not d.called:
             self._in_flight += 1
             factory.track(d)

@@ -16,6 +16,7 @@ def restore():
     _internals._fast_writes = True
     _internals._discard_input = True
     _internals._fast_frames = True
+    _internals._take_results = True
 
 
 class BareTransport(StringTransport):
@@ -75,6 +76,7 @@ def test_discarding_input_falls_back_when_autobahn_changed():
 
     _internals._discard_input = True
     _internals._fast_frames = True
+    _internals._take_results = True
     buffered = WithBuffer()
     _internals.discard_input(buffered)
     assert buffered.data == b""
@@ -211,3 +213,28 @@ def test_a_moved_autobahn_log_helper_stays_as_it_is(monkeypatch):
     monkeypatch.setattr(websocket, "hlval", hlval)
     assert not _internals.lazy_autobahn_log_arguments()
     assert websocket.hlval is hlval
+
+
+def test_the_result_of_a_deferred_that_has_succeeded_is_taken():
+    from twisted.internet.defer import Deferred, fail, succeed
+
+    pending = object()
+    assert _internals.fired_result(succeed(3), pending) == 3
+    assert _internals.fired_result(Deferred(), pending) is pending
+    failed = fail(ValueError("no"))
+    assert _internals.fired_result(failed, pending) is pending
+    failed.addErrback(lambda _: None)
+    paused: Deferred[int] = Deferred()
+    paused.pause()
+    paused.callback(1)
+    assert _internals.fired_result(paused, pending) is pending
+
+
+def test_deferred_results_are_left_alone_when_twisted_changed():
+    class Renamed:
+        called = True
+        result = 3
+
+    pending = object()
+    assert _internals.fired_result(Renamed(), pending) is pending  # type: ignore[arg-type]
+    assert not _internals._take_results
