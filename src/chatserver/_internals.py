@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import errno
 import inspect
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import txaio
 from twisted.internet import tcp
@@ -617,3 +617,40 @@ def fired_result(d: Deferred[Any], pending: Any) -> Any:
     if isinstance(result, (Failure, Deferred)):
         return pending
     return result
+
+
+# -- protocol options ------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def protocol_with_options(base: type[_T], factory: Any) -> type[_T]:
+    """A subclass of ``base`` (an Autobahn protocol class) holding the
+    ``factory``'s current protocol options as class attributes.
+
+    Autobahn copies each of its some 30 options (``CONFIG_ATTRS``) from the
+    factory onto every new connection that does not have it already: 30
+    attributes more in each connection's ``__dict__``, which then no longer
+    fits the smaller table size (about 1.7 KB more per connection), and 30
+    ``setattr`` calls per connection. Found on the class instead, they are not
+    copied, and each connection reads the same values it would have copied.
+    Call it again whenever the factory's options change; connections already
+    open keep the options they started with, as with Autobahn's copies.
+
+    :return: the subclass, or ``base`` itself if Autobahn no longer lists its
+        options where it used to (connections then copy them, as before).
+    """
+    names = getattr(base, "CONFIG_ATTRS", None)
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        log.info("Autobahn's protocol options are not where they were: each connection copies them")
+        return base
+    options = {
+        # A function stays a plain function when read from a connection (e.g.
+        # perMessageCompressionAccept), as Autobahn's copy would be.
+        name: staticmethod(value) if inspect.isfunction(value) else value
+        for name in names
+        if hasattr(factory, name)
+        for value in (getattr(factory, name),)
+    }
+    namespace = {"__module__": base.__module__, "__qualname__": base.__qualname__, **options}
+    return type(base.__name__, (base,), namespace)

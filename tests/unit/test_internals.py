@@ -238,3 +238,25 @@ def test_deferred_results_are_left_alone_when_twisted_changed():
     pending = object()
     assert _internals.fired_result(Renamed(), pending) is pending  # type: ignore[arg-type]
     assert not _internals._take_results
+
+
+def test_protocol_options_live_on_the_class_as_autobahn_would_copy_them():
+    from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+
+    def accept(offers):
+        return None
+
+    factory = WebSocketServerFactory()
+    factory.setProtocolOptions(perMessageCompressionAccept=accept, maxFramePayloadSize=123)
+    cls = _internals.protocol_with_options(WebSocketServerProtocol, factory)
+    connection = cls()
+    assert connection.maxFramePayloadSize == 123
+    assert connection.perMessageCompressionAccept is accept  # not a bound method
+    assert set(WebSocketServerProtocol.CONFIG_ATTRS) <= set(vars(cls))
+
+
+def test_protocol_options_are_copied_when_autobahn_moved_them():
+    class Moved:
+        pass
+
+    assert _internals.protocol_with_options(Moved, object()) is Moved
