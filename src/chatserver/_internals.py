@@ -554,7 +554,7 @@ def lazy_autobahn_log_arguments() -> bool:
     import pprint
 
     # Imported by name: the storage modules that use this module's other
-    # helpers must not depend on Autobahn.
+    # functions must not depend on Autobahn.
     util = importlib.import_module("autobahn.util")
     originals = {
         "pformat": pprint.pformat,

@@ -204,7 +204,7 @@ def test_autobahn_debug_log_arguments_are_built_only_when_written():
     assert f"{protocol.hltype(method)}" == autobahn.util.hltype(method)
 
 
-def test_a_moved_autobahn_log_helper_stays_as_it_is(monkeypatch):
+def test_a_moved_autobahn_log_function_stays_as_it_is(monkeypatch):
     import autobahn.twisted.websocket as websocket
 
     def hlval(value, color="white", bold=True):
