@@ -9,8 +9,8 @@ release renames something, the server gets slower, never silent.
 Private attributes used:
 
 - ``twisted.internet.tcp.Connection``: ``_tempDataBuffer``, ``dataBuffer``,
-  ``offset`` (what is still queued for the socket) and ``writeSomeData`` (a
-  write straight to the socket), so that a connection whose queue is empty
+  ``offset`` (what is still queued for the socket) and ``socket`` (to write
+  straight to it), so that a connection whose queue is empty
   is written at once, without the two ``epoll_ctl`` calls of a queued write.
 - ``autobahn.websocket.protocol.WebSocketProtocol.data``: the bytes received
   and not parsed yet. Autobahn parses everything already read even after the
@@ -19,6 +19,15 @@ Private attributes used:
   it instead.
 - ``autobahn.websocket.protocol.WebSocketProtocol._closeConnection``: see
   :class:`GracefulCloseMixin`.
+- ``twisted.internet.defer.Deferred``: ``result``, ``paused``, ``_callbacks``,
+  ``_chainedTo`` and ``_runningCallbacks``, to take the result of a Deferred
+  that has already succeeded (an in-memory store's) instead of adding
+  callbacks that would run at once: see :func:`fired_result`.
+- Autobahn's frame parser state (``data``, ``current_frame``,
+  ``inside_message`` and the options it reads per frame): see
+  :class:`FastFramesMixin`.
+- The module globals ``pformat``, ``hltype`` and ``hlval`` of Autobahn's
+  protocol modules: see :func:`lazy_autobahn_log_arguments`.
 - ``txmongo.connection._Connection``, the factory txmongo reconnects each
   pooled connection with: see :func:`quiet_txmongo`.
 
@@ -53,11 +62,13 @@ stock behaviour and says so once in the log.
 
 from __future__ import annotations
 
+import errno
 import inspect
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import txaio
 from twisted.internet import tcp
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
@@ -91,7 +102,7 @@ def write_now(transport: ITransport, data: bytes) -> None:
     (as libuv does), else through ``transport.write``.
 
     Only a plain TCP connection qualifies: a TLS transport forwards unknown
-    attributes to the TCP connection under it, whose ``writeSomeData`` would
+    attributes to the TCP connection under it, whose ``socket`` would
     bypass the encryption.
     """
     if _fast_writes and isinstance(transport, tcp.Connection):
@@ -101,22 +112,24 @@ def write_now(transport: ITransport, data: bytes) -> None:
                 and len(transport.dataBuffer) == transport.offset
                 and not transport.disconnecting
             )
-            write_some = transport.writeSomeData
+            send = transport.socket.send
         except (AttributeError, TypeError) as e:
             _disable_fast_writes(f"{type(transport).__name__}: {e}")
             idle = False
         if idle:
-            sent = write_some(data)
-            if type(sent) is int:
-                if sent == len(data):
+            # What writeSomeData does, without its slice view and EINTR loop
+            # (Python retries EINTR itself since 3.5).
+            try:
+                sent = send(data)
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.ENOBUFS):
+                    # The connection is lost: write() lets Twisted see it.
+                    transport.write(data)
                     return
-                if not 0 <= sent < len(data):
-                    _disable_fast_writes(f"writeSomeData returned {sent} for {len(data)} bytes")
-                    # Nothing is known to have been sent: queue it all.
-                else:
-                    data = data[sent:]
-            # Anything else (an exception object): the connection is lost,
-            # and write() lets Twisted see it.
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]  # the socket's buffer is full: queue the rest
     transport.write(data)
 
 
@@ -365,3 +378,279 @@ def quiet_txmongo() -> bool:
         return False
     _Connection.noisy = False
     return True
+
+
+# -- incoming frames -----------------------------------------------------------
+
+_fast_frames = True
+
+
+def _disable_fast_frames(reason: str) -> None:
+    global _fast_frames
+    if _fast_frames:
+        _fast_frames = False
+        log.warn(
+            "parsing every frame with Autobahn from now on: {reason} (this Autobahn release "
+            "differs from the tested ones; the server works, a bit slower)",
+            reason=reason,
+        )
+
+
+def fast_frames_enabled() -> bool:
+    """Whether small text frames still skip Autobahn's frame parser."""
+    return _fast_frames
+
+
+def unmask(masked: bytes, mask: bytes) -> bytes:
+    """``masked`` XORed with the 4-byte ``mask`` repeated (RFC 6455, 5.3)."""
+    n = len(masked)
+    key = (mask * ((n + 3) // 4))[:n]
+    return (int.from_bytes(masked, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+class FastFramesMixin:
+    """For an Autobahn ``WebSocketServerProtocol`` over Twisted: complete,
+    unfragmented, masked text frames of up to 64 KiB that arrive while the
+    connection is open and nothing else is buffered go straight to
+    ``onMessage``, UTF-8 validated as Autobahn would; everything else (control
+    frames, fragments, binary, partial or large frames, compression, a
+    heartbeat ping awaiting its pong) goes through Autobahn's parser, in order.
+
+    Autobahn spends some 20 Python calls per frame (frame header object,
+    masker, four hooks, an event fired with a Future, debug-log arguments
+    formatted for each read); a chat request is one small frame.
+
+    ``onMessageBegin``, ``onMessageFrameBegin`` and the other streaming hooks
+    are not called for a frame taken this way, nor are Autobahn's traffic
+    statistics updated: a subclass that relies on them for single-frame
+    messages must not use the mixin.
+    """
+
+    # What the mixin uses of the Autobahn protocol it is mixed into.
+    state: int
+    STATE_OPEN: int
+    STATE_CLOSED: int
+
+    def dataReceived(self, data: bytes) -> None:
+        """Take the complete small text frames at the head of ``data``;
+        hand what is left to Autobahn."""
+        if _fast_frames and self.state == self.STATE_OPEN:
+            try:
+                usable = (
+                    not self.data  # type: ignore[attr-defined]
+                    and self.current_frame is None  # type: ignore[attr-defined]
+                    and not self.inside_message  # type: ignore[attr-defined]
+                    and self._perMessageCompress is None  # type: ignore[attr-defined]
+                    and self.autoPingTimeoutCall is None  # type: ignore[attr-defined]
+                    and self._listeners is None  # type: ignore[attr-defined]
+                    and self.applyMask  # type: ignore[attr-defined]
+                    and not (
+                        self.logOctets  # type: ignore[attr-defined]
+                        or self.logFrames  # type: ignore[attr-defined]
+                        or self.trackedTimings  # type: ignore[attr-defined]
+                    )
+                )
+                limit = min(
+                    self.maxFramePayloadSize or 65535,  # type: ignore[attr-defined]
+                    self.maxMessagePayloadSize or 65535,  # type: ignore[attr-defined]
+                    65535,
+                )
+            except AttributeError as e:
+                _disable_fast_frames(f"{type(self).__name__}: {e}")
+                usable = False
+            if usable:
+                data = self._take_frames(data, limit)
+                if not data or self.state == self.STATE_CLOSED:
+                    # Closed meanwhile: Autobahn would drop the rest unparsed.
+                    return
+        super().dataReceived(data)  # type: ignore[misc]  # Autobahn's, next in the MRO
+
+    def _take_frames(self, data: bytes, limit: int) -> bytes:
+        """Hand each complete small text frame at the head of ``data`` to
+        ``onMessage``; return the rest, from the first frame not taken."""
+        pos = 0
+        end = len(data)
+        while pos + 6 <= end:
+            if data[pos] != 0x81:  # FIN, no RSV bits, text
+                break
+            length = data[pos + 1]
+            if length < 0x80:  # unmasked: Autobahn refuses it
+                break
+            length &= 0x7F
+            start = pos + 6
+            if length == 126:
+                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                if length < 126:  # not the minimal encoding: Autobahn refuses it
+                    break
+                start = pos + 8
+            elif length == 127:
+                break
+            stop = start + length
+            if stop > end or length > limit:
+                break
+            payload = unmask(data[start:stop], data[start - 4 : start]) if length else b""
+            if not payload.isascii():
+                try:
+                    payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break  # Autobahn fails the connection, saying where
+            pos = stop
+            self.onMessage(payload, False)  # type: ignore[attr-defined]
+            if self.state != self.STATE_OPEN:
+                break
+        return data[pos:] if pos else data
+
+
+# -- Autobahn's debug-log arguments -----------------------------------------------
+
+
+class _LazyText:
+    """A log argument formatted only if a log line is written."""
+
+    __slots__ = ("_args", "_render")
+
+    def __init__(self, render: Any, *args: Any) -> None:
+        self._render = render
+        self._args = args
+
+    def __str__(self) -> str:
+        return str(self._render(*self._args))
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _lazy(render: Any) -> Any:
+    def lazily(*args: Any) -> _LazyText:
+        return _LazyText(render, *args)
+
+    lazily.__wrapped__ = render  # type: ignore[attr-defined]
+    return lazily
+
+
+#: Module globals of Autobahn used only to build debug-log arguments, which are
+#: built whether debug logging is on or not: ``pformat`` of the protocol's 30
+#: options on every connection (a third of a connection's CPU time), and
+#: coloured names of methods on every connection and every read.
+_LOG_ARGUMENT_BUILDERS = {
+    "autobahn.websocket.protocol": ("pformat", "hltype", "hlval"),
+    "autobahn.twisted.websocket": ("hltype", "hlval"),
+}
+
+
+def lazy_autobahn_log_arguments() -> bool:
+    """Make Autobahn build its debug-log arguments only when a debug line is
+    written (what is logged stays the same, word for word).
+
+    Each name is replaced only where it is still the function from
+    ``pprint`` or ``autobahn.util`` it was when this was written.
+
+    :return: whether every name was found and made lazy; if an Autobahn
+        release moved one, that one stays eager (slower, nothing else).
+    """
+    import importlib
+    import pprint
+
+    # Imported by name: the storage modules that use this module's other
+    # functions must not depend on Autobahn.
+    util = importlib.import_module("autobahn.util")
+    originals = {
+        "pformat": pprint.pformat,
+        "hltype": util.hltype,
+        "hlval": util.hlval,
+    }
+    complete = True
+    for module_name, names in _LOG_ARGUMENT_BUILDERS.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            current = getattr(module, name, None)
+            if getattr(current, "__wrapped__", None) is originals[name]:
+                continue  # made lazy already
+            if current is not originals[name]:
+                complete = False
+                log.info(
+                    "{module}.{name} is not what it was: its debug-log arguments stay eager",
+                    module=module_name,
+                    name=name,
+                )
+                continue
+            setattr(module, name, _lazy(current))
+    return complete
+
+
+# -- Deferreds that have already fired -------------------------------------------
+
+_take_results = True
+
+
+def fired_result(d: Deferred[Any], pending: Any) -> Any:
+    """The result of ``d`` if it has already succeeded and nothing else is
+    waiting on it (no callbacks queued, not paused, not chained), for a
+    caller that would otherwise add a callback only to have it run at once;
+    else ``pending``, and the caller adds its callbacks as usual.
+
+    A failure is never taken: adding an errback is what marks it handled.
+    """
+    global _take_results
+    if not _take_results or not d.called:
+        return pending
+    fired: Any = d  # its private parts are not in its type
+    try:
+        if (
+            fired.paused
+            or fired._callbacks
+            or fired._chainedTo is not None
+            or fired._runningCallbacks
+        ):
+            return pending
+        result = fired.result
+    except AttributeError as e:
+        _take_results = False
+        log.warn(
+            "adding callbacks to Deferreds that have already fired, from now on: {reason} "
+            "(this Twisted release differs from the tested ones; the server works, a bit slower)",
+            reason=str(e),
+        )
+        return pending
+    if isinstance(result, (Failure, Deferred)):
+        return pending
+    return result
+
+
+# -- protocol options ------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def protocol_with_options(base: type[_T], factory: Any) -> type[_T]:
+    """A subclass of ``base`` (an Autobahn protocol class) holding the
+    ``factory``'s current protocol options as class attributes.
+
+    Autobahn copies each of its some 30 options (``CONFIG_ATTRS``) from the
+    factory onto every new connection that does not have it already: 30
+    attributes more in each connection's ``__dict__``, which then no longer
+    fits the smaller table size (about 1.7 KB more per connection), and 30
+    ``setattr`` calls per connection. Found on the class instead, they are not
+    copied, and each connection reads the same values it would have copied.
+    Call it again whenever the factory's options change; connections already
+    open keep the options they started with, as with Autobahn's copies.
+
+    :return: the subclass, or ``base`` itself if Autobahn no longer lists its
+        options where it used to (connections then copy them, as before).
+    """
+    names = getattr(base, "CONFIG_ATTRS", None)
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        log.info("Autobahn's protocol options are not where they were: each connection copies them")
+        return base
+    options = {
+        # A function stays a plain function when read from a connection (e.g.
+        # perMessageCompressionAccept), as Autobahn's copy would be.
+        name: staticmethod(value) if inspect.isfunction(value) else value
+        for name in names
+        if hasattr(factory, name)
+        for value in (getattr(factory, name),)
+    }
+    namespace = {"__module__": base.__module__, "__qualname__": base.__qualname__, **options}
+    return type(base.__name__, (base,), namespace)

@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from chatserver._internals import TurnBatcher
+from chatserver._internals import TurnBatcher, lazy_autobahn_log_arguments, protocol_with_options
 from chatserver.delivery import SessionRegistry
 from chatserver.events import SOCKET_CLOSED, SOCKET_CONNECTED, EventEmitter
 from chatserver.handlers import ChatHandler
@@ -70,6 +70,7 @@ class ChatServerFactory(WebSocketServerFactory):
         :param verbose: log each request (never its data).
         """
         super().__init__(None, reactor=reactor)
+        lazy_autobahn_log_arguments()
         self.handler = handler
         self.registry = registry
         self.api = api
@@ -98,6 +99,19 @@ class ChatServerFactory(WebSocketServerFactory):
             autoPingInterval=limits.ping_interval,
             autoPingTimeout=limits.ping_timeout,
         )
+
+    def setProtocolOptions(self, *args: Any, **options: Any) -> None:
+        """Autobahn's, then the options bound to the protocol class, so that
+        connections made from now on find them there instead of copying
+        each one (see :func:`chatserver._internals.protocol_with_options`)."""
+        super().setProtocolOptions(*args, **options)
+        self.protocol = protocol_with_options(ChatServerProtocol, self)
+
+    def resetProtocolOptions(self) -> None:
+        """Autobahn's defaults, bound to the protocol class as in
+        :meth:`setProtocolOptions`."""
+        super().resetProtocolOptions()
+        self.protocol = protocol_with_options(ChatServerProtocol, self)
 
     # -- called by the protocol --------------------------------------------
 

@@ -16,12 +16,19 @@ from typing import TYPE_CHECKING, Any
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from chatserver import errors, wire
-from chatserver._internals import GracefulCloseMixin, discard_input, tune_tcp, write_now
+from chatserver._internals import (
+    FastFramesMixin,
+    GracefulCloseMixin,
+    discard_input,
+    tune_tcp,
+    write_now,
+)
 from chatserver.errors import ChatError, Ending, SessionRefused
 from chatserver.limits import TokenBucket
 from chatserver.logs import escape
@@ -81,7 +88,7 @@ class _WriteWatch:
 
 # Autobahn's own bases disagree on the types of `peer` and
 # `_transport_details`; nothing of ours is at stake.
-class ChatServerProtocol(GracefulCloseMixin, WebSocketServerProtocol):  # type: ignore[misc]
+class ChatServerProtocol(FastFramesMixin, GracefulCloseMixin, WebSocketServerProtocol):  # type: ignore[misc]
     """Parses each frame into a request, hands it to the handler with the
     connection's session, and sends exactly one reply (or closes the
     connection with a code).
@@ -269,7 +276,16 @@ class ChatServerProtocol(GracefulCloseMixin, WebSocketServerProtocol):  # type: 
         handler = factory.handler
         action = request.action
         assert self.session is not None  # opened before any message
-        d = handler.handle(self.session, action, request.data)
+        result = handler.handle_now(self.session, action, request.data)
+        if not isinstance(result, Deferred):
+            if not factory.verbose:
+                # Answered at once (an in-memory store): no Deferred to run
+                # the reply through.
+                label = action if handler.is_action(action) else "unknown"
+                self._send_reply(result, request.id, label)
+                return
+            result = succeed(result)
+        d: Deferred[Any] = result
         if not d.called:
             self._in_flight += 1
             factory.track(d)

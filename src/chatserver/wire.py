@@ -34,6 +34,23 @@ UNSAFE_JSON = (
 # MAX_DEPTH, or a run of 16 digits or an exponent of two digits (a number that
 # may exceed 2^53). Everything else is safe as orjson parsed it.
 _MAYBE_BIG_NUMBER = re.compile(rb"\d{16}|[eE]\+?\d\d")
+# The same test without the regex engine, which tries its alternation at every
+# byte (about 60 ns a byte): a copy of the payload with every digit made "0",
+# "E" made "e", "+" kept and every other byte made "." holds b"0" * 16, b"e00"
+# or b"e+00" exactly where the pattern above matches.
+_shapes = bytearray(b"." * 256)
+_shapes[ord("0") : ord("9") + 1] = b"0" * 10
+_shapes[ord("e")] = _shapes[ord("E")] = ord("e")
+_shapes[ord("+")] = ord("+")
+_NUMBER_SHAPES = bytes(_shapes)
+del _shapes
+
+
+def _maybe_big_number(payload: bytes) -> bool:
+    """Whether ``payload`` may hold a number beyond ±(2^53-1): what
+    :data:`_MAYBE_BIG_NUMBER` finds, about four times faster."""
+    shapes = payload.translate(_NUMBER_SHAPES)
+    return b"0000000000000000" in shapes or b"e00" in shapes or b"e+00" in shapes
 
 
 class Request(NamedTuple):
@@ -124,7 +141,7 @@ def parse_request(payload: bytes, max_bytes: int = 0) -> Request | Refusal | Unr
     if max_bytes and len(payload) > max_bytes:
         return Refusal(request_id, errors.TOO_LARGE, f"requests are limited to {max_bytes} bytes")
     if (
-        payload.count(b"{") + payload.count(b"[") > MAX_DEPTH or _MAYBE_BIG_NUMBER.search(payload)
+        payload.count(b"{") + payload.count(b"[") > MAX_DEPTH or _maybe_big_number(payload)
     ) and not _safe(frame):
         return Refusal(request_id, errors.INVALID_REQUEST, UNSAFE_JSON)
     action = frame.get("type")
@@ -146,7 +163,7 @@ def parse_document(payload: bytes) -> Any:
     except orjson.JSONDecodeError:
         raise ValueError("the body must be a JSON document in UTF-8") from None
     if (
-        payload.count(b"{") + payload.count(b"[") > MAX_DEPTH or _MAYBE_BIG_NUMBER.search(payload)
+        payload.count(b"{") + payload.count(b"[") > MAX_DEPTH or _maybe_big_number(payload)
     ) and not _safe(value):
         raise ValueError(UNSAFE_JSON)
     return value

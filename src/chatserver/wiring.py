@@ -16,6 +16,7 @@ from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from chatserver._internals import fired_result
 from chatserver._version import __version__
 from chatserver.api_schema import openapi_description
 from chatserver.delivery import LocalRouter, Router, SessionRegistry
@@ -188,6 +189,7 @@ def build_server(
         max_connections_per_user=limits.max_connections_per_user,
         stats=stats,
         server_info=server_info,
+        take_result=fired_result,
     )
     handler.add_builtin("getConversations", Conversations(handler, storage))
     handler.add_builtin("typing", Typing(handler, storage.getGroupUserIds, router, reactor))

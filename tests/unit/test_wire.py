@@ -133,3 +133,10 @@ def test_any_frame_gets_exactly_one_outcome_and_requests_can_be_answered(data, r
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_never_raise(payload):
     assert type(parse_request(payload)) in (Request, Refusal, Unreadable)
+
+
+@given(
+    st.binary(max_size=64) | st.text(alphabet="0123456789eE+-. a٣é", max_size=40).map(str.encode)
+)
+def test_the_quick_number_check_finds_what_the_pattern_finds(payload):
+    assert wire._maybe_big_number(payload) == bool(wire._MAYBE_BIG_NUMBER.search(payload))

@@ -39,9 +39,22 @@ EXPIRED_REASON = "token expired"
 #: A custom action: ``action(session, data)`` returning the reply's data (or
 #: a Deferred or coroutine of it).
 Action = Callable[[Session, Any], object]
-Route = Callable[[Session, Any], Deferred[Any]]
+#: Runs an action: a Deferred of the reply's data, or (built-in actions that
+#: finished at once) the data itself.
+Route = Callable[[Session, Any], Any]
 
 log = Logger()
+
+#: What a :data:`ResultTaker` answers when a Deferred's result is not there to take.
+PENDING: Any = object()
+#: ``take(d, pending)``: the result of ``d`` if it has already succeeded and
+#: nothing else waits on it, else ``pending``.
+ResultTaker = Callable[[Deferred[Any], Any], Any]
+
+
+def never_take(d: Deferred[Any], pending: Any) -> Any:
+    """A :data:`ResultTaker` that always leaves the result in its Deferred."""
+    return pending
 
 
 def as_id(value: Any) -> str | None:
@@ -132,6 +145,7 @@ class ChatHandler:
         max_connections_per_user: int = 0,
         stats: ServerStats | None = None,
         server_info: Mapping[str, object] | None = None,
+        take_result: ResultTaker = never_take,
     ) -> None:
         """
         :param registry: the sessions of this node, where an authorized
@@ -147,12 +161,17 @@ class ChatHandler:
         :param stats: where to count stored messages and storage latency.
         :param server_info: what the open ``serverInfo`` action tells clients
             (with the version added).
+        :param take_result: takes the result out of a storage call's Deferred
+            that has already succeeded (an in-memory store's), so that the
+            rest of the request runs without callbacks; the network layer
+            provides one (:func:`chatserver._internals.fired_result`).
         """
         self._registry = registry
         self._router = router
         self._events = events
         self._clock = clock
         self._timestamps = Timestamps()
+        self._take_result = take_result
         self._throttle = Throttle(clock)
         self.max_history = max_history
         self.storage_timeout = storage_timeout
@@ -168,8 +187,8 @@ class ChatHandler:
         self._read = storage.read
 
         builtins: dict[str, Route] = {
-            "authorize": self.authorize,
-            "create": self.create,
+            "authorize": self._authorize_now,
+            "create": self._create_now,
             "getMessages": self.get_messages,
             "read": self.read,
             "serverInfo": self.info,
@@ -194,6 +213,18 @@ class ChatHandler:
         :return: a Deferred firing with the reply's ``data``, or failing with
             :class:`ChatError` (a reply with its code) or
             :class:`SessionRefused` (the session is to be ended).
+        """
+        result = self.handle_now(session, action, data)
+        return result if isinstance(result, Deferred) else succeed(result)
+
+    def handle_now(self, session: Session, action: str, data: object) -> Any:
+        """Run ``action`` for ``session``, as :meth:`handle` does, but answer
+        with the reply's ``data`` itself when it is there at once (a built-in
+        action on a store that answers synchronously): no Deferred, and no
+        callbacks run through one, per request.
+
+        :return: the reply's ``data`` (never a Deferred), or a Deferred as
+            :meth:`handle` returns; errors always come as a failed Deferred.
         """
         route = self._routes.get(action)
         if session.user is None and (route is None or action not in self._open):
@@ -269,6 +300,23 @@ class ChatHandler:
     #: deadline, metrics and error mapping as the built-in ones.
     call_storage = _storage
 
+    def _storage_now(self, operation: str, method: Callable[..., object], *args: object) -> Any:
+        """:meth:`_storage`, answering with the result itself when storage
+        has it at once (see :func:`~chatserver._internals.fired_result`)."""
+        started = perf_counter()
+        d = maybeDeferred(method, *args)
+        result = self._take_result(d, PENDING)
+        if result is PENDING:
+            if d.called:
+                self.stats.observe_storage(operation, perf_counter() - started)
+            else:
+                if self.storage_timeout:
+                    d.addTimeout(self.storage_timeout, self._clock)
+                d.addBoth(self._timed, operation, started)
+            return d.addErrback(self._storage_failed, operation)
+        self.stats.observe_storage(operation, perf_counter() - started)
+        return result
+
     def _timed(self, result: object, operation: str, started: float) -> object:
         self.stats.observe_storage(operation, perf_counter() - started)
         return result
@@ -294,8 +342,19 @@ class ChatHandler:
         """
         if type(credentials) is not dict:
             raise ChatError(errors.INVALID_REQUEST, "authorize data must be an object")
-        d = self._storage("authorize", self._authorize, credentials)
-        return d.addCallback(self._authorized, session)
+        try:
+            result = self._authorize_now(session, credentials)
+        except Exception:
+            return fail()
+        return result if isinstance(result, Deferred) else succeed(result)
+
+    def _authorize_now(self, session: Session, credentials: object) -> Any:
+        if type(credentials) is not dict:
+            raise ChatError(errors.INVALID_REQUEST, "authorize data must be an object")
+        user = self._storage_now("authorize", self._authorize, credentials)
+        if isinstance(user, Deferred):
+            return user.addCallback(self._authorized, session)
+        return self._authorized(user, session)
 
     def _authorized(self, user: object, session: Session) -> object:
         if not user:
@@ -358,6 +417,9 @@ class ChatHandler:
         recipients: ``to`` and the sender, or every member of the group."""
         return self.create_as(signed_in(session), data)
 
+    def _create_now(self, session: Session, data: object) -> Any:
+        return self._create_from(signed_in(session), data)
+
     def create_as(self, sender: str, data: object) -> Deferred[Any]:
         """Store a message from ``sender`` and push it, exactly as a
         ``create`` from a session of that user would be (the server API's
@@ -371,11 +433,13 @@ class ChatHandler:
             ``conflict``, ``storageError``, ``storageTimeout``).
         """
         try:
-            return self._create_from(sender, data)
+            result = self._create_from(sender, data)
         except Exception:
             return fail()
+        return result if isinstance(result, Deferred) else succeed(result)
 
-    def _create_from(self, sender: str, data: object) -> Deferred[Any]:
+    def _create_from(self, sender: str, data: object) -> Any:
+        """Store and push; the stored message, or a Deferred of it."""
         if type(data) is not dict:
             raise ChatError(errors.INVALID_MESSAGE, "a message must be an object")
         to = as_id(data.get("to"))
@@ -387,17 +451,24 @@ class ChatHandler:
         message["createdAt"] = self._timestamps.format(self._clock.seconds())
         if message.pop("isGroup", False):
             message["isGroup"] = True
-            d = self._storage("getGroupUserIds", self._group_user_ids, {"groupId": to})
-            return d.addCallback(self._create_in_group, message)
-        d = self._storage("create", self._create, message)
-        return d.addCallback(self._stored, message, (to, sender) if to != sender else (sender,))
+            members = self._storage_now("getGroupUserIds", self._group_user_ids, {"groupId": to})
+            if isinstance(members, Deferred):
+                return members.addCallback(self._create_in_group, message)
+            return self._create_in_group(members, message)
+        stored = self._storage_now("create", self._create, message)
+        recipients = (to, sender) if to != sender else (sender,)
+        if isinstance(stored, Deferred):
+            return stored.addCallback(self._stored, message, recipients)
+        return self._stored(stored, message, recipients)
 
-    def _create_in_group(self, members: Iterable[object], message: dict[str, Any]) -> Deferred[Any]:
+    def _create_in_group(self, members: Iterable[object], message: dict[str, Any]) -> Any:
         member_ids = {str(m) for m in members}
         if message["from"] not in member_ids:
             raise ChatError(errors.NOT_GROUP_MEMBER, "you are not a member of this group")
-        d = self._storage("create", self._create, message)
-        return d.addCallback(self._stored, message, member_ids)
+        stored = self._storage_now("create", self._create, message)
+        if isinstance(stored, Deferred):
+            return stored.addCallback(self._stored, message, member_ids)
+        return self._stored(stored, message, member_ids)
 
     def _stored(
         self, stored: dict[str, Any], sent: dict[str, Any], recipients: Iterable[str]
