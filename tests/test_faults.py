@@ -83,7 +83,7 @@ async def test_shutdown_acknowledges_requests_in_flight_then_says_going_away():
     service = make_service(options)
     service.startService()
     listener = list(service)[-1]
-    port = await listener._waitingForPort
+    port = await listener.whenListening()
     try:
         alice = await connect(f"ws://127.0.0.1:{port.getHost().port}")
         await alice.authorize(token="alice-token")

@@ -23,7 +23,7 @@ async def start():
         options.parseOptions(["--endpoint", "tcp:0:interface=127.0.0.1", "--rate", "0", *args])
         service = make_service(options)
         service.startService()
-        port = await list(service)[-1]._waitingForPort
+        port = await list(service)[-1].whenListening()
         running.append(service)
         return service, f"127.0.0.1:{port.getHost().port}"
 

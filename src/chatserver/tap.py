@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 import txaio
 from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
@@ -96,6 +97,16 @@ class Listener(Service):
         self._listening = listening
         self._port: IListeningPort | None = None
         self._started = False
+        self._opening = False
+        self._waiting: list[Deferred[IListeningPort]] = []
+
+    def whenListening(self) -> Deferred[IListeningPort]:
+        """Fires with the listening port once it is open (at once if it is)."""
+        if self._port is not None:
+            return succeed(self._port)
+        waiter: Deferred[IListeningPort] = Deferred()
+        self._waiting.append(waiter)
+        return waiter
 
     def privilegedStartService(self) -> None:
         """Open the port (before twistd drops privileges, if it does)."""
@@ -103,18 +114,34 @@ class Listener(Service):
         if self._started:
             return
         self._started = True
-        outcome: list[Any] = []
-        self.endpoint.listen(self.factory).addBoth(outcome.append)
-        if not outcome:
-            return  # an endpoint that listens later: _opened or a logged failure
-        if isinstance(outcome[0], Failure):
-            fail_startup(describe_listen_error(outcome[0].value or Exception("unknown error")))
-        self._opened(outcome[0])
+        failures: list[Failure] = []
+        self._opening = True
+        self.endpoint.listen(self.factory).addCallbacks(
+            self._opened, self._not_opened, (), {}, (failures,)
+        )
+        self._opening = False
+        if failures:  # TCP and SSL endpoints answer at once
+            fail_startup(describe_listen_error(failures[0].value or Exception("unknown error")))
+
+    def _not_opened(self, failure: Failure, failures: list[Failure]) -> None:
+        if self._opening:
+            failures.append(failure)  # start-up stops, with one line, once out of the Deferred
+            return
+        # An endpoint that answered later, with the reactor running.
+        log.critical(
+            "chatserver: {problem}", problem=describe_listen_error(failure.value or Exception())
+        )
+        from twisted.internet import reactor
+
+        reactor.stop()
 
     def _opened(self, port: IListeningPort) -> None:
         self._port = port
         if self._listening is not None:
             self._listening(port)
+        waiting, self._waiting = self._waiting, []
+        for waiter in waiting:
+            waiter.callback(port)
 
     def startService(self) -> None:
         if not self._started:
