@@ -308,7 +308,12 @@ async def stall_of(storage):
 async def test_database_work_never_blocks_the_reactor(tmp_path):
     # A ratio, not a time: the same work, on the worker thread and on the
     # reactor's, measured one after the other on this (possibly busy) machine.
-    threaded = await stall_of(SQLiteStorage(str(tmp_path / "threaded.sqlite3")))
+    # The threaded store's best of three: one run can lose the GIL to the
+    # worker thread at the wrong moment; a store that blocked would stall in
+    # every run.
+    threaded = min(
+        [await stall_of(SQLiteStorage(str(tmp_path / f"threaded{i}.sqlite3"))) for i in range(3)]
+    )
     blocking = await stall_of(BlockingSQLiteStorage(str(tmp_path / "blocking.sqlite3")))
     assert threaded < blocking / 4, (threaded, blocking)
 
