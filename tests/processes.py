@@ -145,3 +145,10 @@ def admin(*args: str, cwd: Path) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
+
+
+def make_group(storage: str, group: str, *members: str, cwd: Path) -> None:
+    """Make (or replace) ``group`` in ``storage`` with ``members``, as an
+    operator does; the members need no account (they sign in with
+    ``--dev-auth`` or a JWT)."""
+    admin("groups", "add", "--allow-unknown", group, *members, "--storage", storage, cwd=cwd)

@@ -35,7 +35,7 @@ from tests.browser.harness import (
     find_chromium,
     seed,
 )
-from tests.processes import ROOT, ServerProcess, admin
+from tests.processes import ROOT, ServerProcess, admin, make_group
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -221,17 +221,7 @@ def people(browser, servers, request) -> Iterator[Callable[..., Person]]:
 
 def test_two_people_chat_live_and_survive_a_server_restart(people, servers, tmp_path):
     storage = f"sqlite:{tmp_path / 'chat.sqlite3'}"
-    admin(
-        "groups",
-        "add",
-        "--allow-unknown",
-        "team",
-        "alice",
-        "bob",
-        "--storage",
-        storage,
-        cwd=tmp_path,
-    )
+    make_group(storage, "team", "alice", "bob", cwd=tmp_path)
     server = start_server(servers, tmp_path, "--dev-auth")
     bob = people(server, "bob")
     bob.sign_in()
@@ -329,17 +319,7 @@ def test_presence_dots_change_within_a_second(people, servers, tmp_path):
         expect(header).to_have_text("offline", timeout=OFFLINE_MS)
 
     # The same live dots in "New chat", for people without a conversation yet.
-    admin(
-        "groups",
-        "add",
-        "--allow-unknown",
-        "team",
-        "alice",
-        "carol",
-        "--storage",
-        f"sqlite:{tmp_path / 'chat.sqlite3'}",
-        cwd=tmp_path,
-    )
+    make_group(f"sqlite:{tmp_path / 'chat.sqlite3'}", "team", "alice", "carol", cwd=tmp_path)
     alice.page.get_by_role("button", name="New chat").click()
     carol = alice.page.get_by_role("region", name="New chat").get_by_role("button", name="carol")
     expect(carol).to_have_accessible_name("carol (offline)")
@@ -351,18 +331,7 @@ def test_presence_dots_change_within_a_second(people, servers, tmp_path):
 
 def test_someone_is_typing(people, servers, tmp_path):
     storage = f"sqlite:{tmp_path / 'chat.sqlite3'}"
-    admin(
-        "groups",
-        "add",
-        "--allow-unknown",
-        "team",
-        "alice",
-        "bob",
-        "carol",
-        "--storage",
-        storage,
-        cwd=tmp_path,
-    )
+    make_group(storage, "team", "alice", "bob", "carol", cwd=tmp_path)
     server = start_server(servers, tmp_path, "--dev-auth")
     alice = people(server, "alice")
     alice.sign_in()
@@ -407,18 +376,7 @@ def test_someone_is_typing(people, servers, tmp_path):
 
 def test_unread_counts_title_and_notifications(people, servers, tmp_path):
     storage = f"sqlite:{tmp_path / 'chat.sqlite3'}"
-    admin(
-        "groups",
-        "add",
-        "--allow-unknown",
-        "team",
-        "alice",
-        "carol",
-        "dave",
-        "--storage",
-        storage,
-        cwd=tmp_path,
-    )
+    make_group(storage, "team", "alice", "carol", "dave", cwd=tmp_path)
     server = start_server(servers, tmp_path, "--dev-auth")
     alice = people(server, "alice", stand_ins=True)
     alice.sign_in()
@@ -471,17 +429,7 @@ def test_unread_counts_title_and_notifications(people, servers, tmp_path):
 
 def test_catch_up_after_a_server_restart(people, servers, tmp_path):
     storage = f"sqlite:{tmp_path / 'chat.sqlite3'}"
-    admin(
-        "groups",
-        "add",
-        "--allow-unknown",
-        "team",
-        "alice",
-        "bob",
-        "--storage",
-        storage,
-        cwd=tmp_path,
-    )
+    make_group(storage, "team", "alice", "bob", cwd=tmp_path)
     server = start_server(servers, tmp_path, "--dev-auth")
     with ChatSocket(server, "bob") as bob:
         bob.call("create", {"to": "alice", "text": "Before the restart"})
@@ -541,18 +489,7 @@ def test_catch_up_after_a_server_restart(people, servers, tmp_path):
 
 def test_messages_stand_in_the_servers_order_in_every_window(people, servers, tmp_path):
     storage = f"sqlite:{tmp_path / 'chat.sqlite3'}"
-    admin(
-        "groups",
-        "add",
-        "--allow-unknown",
-        "team",
-        "alice",
-        "bob",
-        "carol",
-        "--storage",
-        storage,
-        cwd=tmp_path,
-    )
+    make_group(storage, "team", "alice", "bob", "carol", cwd=tmp_path)
     server = start_server(servers, tmp_path, "--dev-auth")
     alice = people(server, "alice")
     alice.sign_in()

@@ -26,7 +26,7 @@ from twisted.web.http_headers import Headers
 
 from chatserver.client import ChatClientProtocol, connect
 from chatserver.protocol import CLOSE_SESSION_REVOKED
-from tests.processes import ServerProcess, admin
+from tests.processes import ServerProcess, make_group
 from tests.test_cluster import redis  # noqa: F401 (a fixture)
 
 KEY = secrets.token_urlsafe(32)
@@ -111,17 +111,7 @@ def key_file(directory: Path) -> Path:
 def api_node(tmp_path):
     """A node with the API, dev sign-in and group ``team`` (alice, bob)."""
     db = tmp_path / "chat.sqlite3"
-    admin(
-        "groups",
-        "add",
-        "--allow-unknown",
-        "team",
-        "alice",
-        "bob",
-        "--storage",
-        f"sqlite:{db}",
-        cwd=tmp_path,
-    )
+    make_group(f"sqlite:{db}", "team", "alice", "bob", cwd=tmp_path)
     node = ServerProcess.twistd(
         "--storage",
         f"sqlite:{db}",
@@ -375,17 +365,7 @@ async def test_api_messages_appear_in_the_conversation_list(api_node):
 @pytest.fixture
 def two_nodes(tmp_path, redis):  # noqa: F811 (the fixture imported above)
     db = tmp_path / "shared.sqlite3"
-    admin(
-        "groups",
-        "add",
-        "--allow-unknown",
-        "team",
-        "alice",
-        "bob",
-        "--storage",
-        f"sqlite:{db}",
-        cwd=tmp_path,
-    )
+    make_group(f"sqlite:{db}", "team", "alice", "bob", cwd=tmp_path)
     keys = key_file(tmp_path)
     nodes = []
     for _ in range(2):

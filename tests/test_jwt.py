@@ -16,7 +16,7 @@ from chatserver.protocol import CLOSE_TOKEN_EXPIRED
 from chatserver.storage.jwtauth import JWTAuthorizer
 from tests.conftest import demo_storage
 from tests.jwtkeys import claims, ed25519_pair, hs256, new_secret, rsa_pair, unsigned
-from tests.processes import ROOT, TWISTD, ServerProcess, admin
+from tests.processes import ROOT, TWISTD, ServerProcess, make_group
 
 SECRET = new_secret()
 
@@ -125,17 +125,7 @@ async def test_a_fresh_token_extends_the_session(serve, make_server):
 @pytest_twisted.ensureDeferred
 async def test_the_plugin_signs_in_with_jwts_and_keeps_the_stores_groups(tmp_path):
     db = tmp_path / "chat.sqlite3"
-    admin(
-        "groups",
-        "add",
-        "--allow-unknown",
-        "team",
-        "alice",
-        "bob",
-        "--storage",
-        f"sqlite:{db}",
-        cwd=tmp_path,
-    )
+    make_group(f"sqlite:{db}", "team", "alice", "bob", cwd=tmp_path)
     keys = ed25519_pair()
     server = ServerProcess.twistd(
         "--storage",

@@ -340,8 +340,6 @@ class ChatHandler:
         the same session replaces the deadline (a client renews its session
         by sending a fresh token before the old one expires).
         """
-        if type(credentials) is not dict:
-            raise ChatError(errors.INVALID_REQUEST, "authorize data must be an object")
         try:
             result = self._authorize_now(session, credentials)
         except Exception:
