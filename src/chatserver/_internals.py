@@ -30,6 +30,10 @@ Private attributes used:
   protocol modules: see :func:`lazy_autobahn_log_arguments`.
 - ``txmongo.connection._Connection``, the factory txmongo reconnects each
   pooled connection with: see :func:`quiet_txmongo`.
+- ``twisted.internet.tcp.Connection.protocol`` and
+  ``twisted.protocols.policies.ProtocolWrapper.wrappedProtocol``: the
+  protocol a transport hands its bytes to, replaced when the chat port's
+  first reader hands a connection over: see :func:`switch_protocol`.
 
 Closing, in detail.
 What we rely on in Autobahn's and Twisted's internals, in one guarded place.
@@ -72,6 +76,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 
 from chatserver.logs import Throttle
@@ -131,6 +136,30 @@ def write_now(transport: ITransport, data: bytes) -> None:
                 return
             data = data[sent:]  # the socket's buffer is full: queue the rest
     transport.write(data)
+
+
+def switch_protocol(transport: Any, current: object, new: object) -> bool:
+    """Make ``transport`` deliver its bytes (and its end) to ``new`` instead
+    of ``current``, as Autobahn's own ``WebSocketResource`` does when it takes
+    a connection over from twisted.web.
+
+    Handles a plain TCP connection and a wrapped one (TLS, or any
+    ``ProtocolWrapper``). Nothing else is changed: the caller then calls
+    ``new.makeConnection(transport)``.
+
+    :return: whether the transport was switched; if not (a transport of
+        another shape, e.g. a test's), ``current`` must go on forwarding to
+        ``new`` what it receives.
+    """
+    if isinstance(transport, ProtocolWrapper):
+        if transport.wrappedProtocol is current:
+            transport.wrappedProtocol = new  # type: ignore[assignment]
+            return True
+        return False
+    if isinstance(transport, tcp.Connection) and getattr(transport, "protocol", None) is current:
+        transport.protocol = new  # type: ignore[assignment]
+        return True
+    return False
 
 
 class Flushable(Protocol):

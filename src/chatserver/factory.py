@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketServerFactory
+from autobahn.util import wildcards2patterns
 from prometheus_client.core import GaugeMetricFamily, Metric
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList
@@ -37,6 +39,34 @@ def with_port(origin: str) -> str:
     if not sep or rest.rsplit(":", 1)[-1].isdigit() or rest == "*":
         return origin
     return f"{origin}:{ {'https': 443, 'http': 80}.get(scheme, 80) }"
+
+
+class OriginCheck:
+    """Which web pages may open a WebSocket (clients without an Origin
+    header, which are not browsers, always may)."""
+
+    def __init__(self, allowed: Sequence[str] | None) -> None:
+        self.allow_any = not allowed
+        self._patterns = wildcards2patterns([with_port(o) for o in allowed or ()])
+
+    def allows(self, origin: str | None) -> bool:
+        """Whether a page of ``origin`` (the Origin header; ``None`` if
+        absent) may connect."""
+        if origin is None or self.allow_any:
+            return True
+        text = origin.strip()
+        if text == "null":
+            return False  # a sandboxed or file:// page: only when anyone may connect
+        parts = urlsplit(text)
+        try:
+            port = parts.port
+        except ValueError:
+            return False
+        if not parts.scheme or not parts.hostname:
+            return False
+        port = port or (443 if parts.scheme in ("https", "wss") else 80)
+        normalized = f"{parts.scheme}://{parts.hostname}:{port}"
+        return any(p.match(normalized) for p in self._patterns)
 
 
 class ChatServerFactory(WebSocketServerFactory):
@@ -78,6 +108,7 @@ class ChatServerFactory(WebSocketServerFactory):
         self.stats = stats
         self.limits = limits
         self.admission = admission
+        self.origins = OriginCheck(allowed_origins)
         self.verbose = verbose
         self.log = Logger(namespace="chatserver.requests")
         self.throttle = Throttle(reactor)
@@ -88,9 +119,10 @@ class ChatServerFactory(WebSocketServerFactory):
             maxFramePayloadSize=limits.max_frame_bytes,
             maxMessagePayloadSize=limits.max_frame_bytes,
             maxConnections=limits.max_connections,
-            allowedOrigins=[with_port(o) for o in allowed_origins] if allowed_origins else ["*"],
-            # A sandboxed or file:// page says "null": only trust it when anyone may connect.
-            allowNullOrigin=not allowed_origins,
+            # Origins are checked by the protocol (onConnect), which refuses
+            # with 403 where Autobahn would say 400.
+            allowedOrigins=["*"],
+            allowNullOrigin=True,
             # Say why with a close code (1002, 1007, 1009...) rather than hang up.
             failByDrop=False,
             # Autobahn's timers are batched to whole seconds: "1 s" (its

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.util import encode_truncate
-from autobahn.websocket.types import ConnectionRequest
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.python.failure import Failure
@@ -124,7 +124,8 @@ class ChatServerProtocol(FastFramesMixin, GracefulCloseMixin, WebSocketServerPro
     def onConnect(self, request: ConnectionRequest) -> None:
         # Nothing of the request is kept or logged: its URL and headers may
         # carry tokens and cookies.
-        return None
+        if not self.factory.origins.allows(request.headers.get("origin")):
+            raise ConnectionDeny(ConnectionDeny.FORBIDDEN, "origin not allowed")
 
     def onOpen(self) -> None:
         factory = self.factory

@@ -245,11 +245,10 @@ def build_server(
         factory,
         lambda: Deferred.fromCoroutine(readiness()),
         metrics_registry(parts),
-        allowed_origins=allowed_origins,
         web=web,
         api=api_resource,
     )
-    site = ChatSite(root, limits=limits, admission=admission, clock=reactor)
+    site = ChatSite(root, limits=limits, admission=admission, clock=reactor, websocket=factory)
     server = ChatServer(
         api=api, factory=factory, site=site, storage=storage, registry=registry, handler=handler
     )
