@@ -35,15 +35,27 @@ from chatserver.wiring import build_server
 log = Logger()
 
 
+#: The garbage collector's thresholds in a server process. CPython's default
+#: (700, 10, 10) runs a young collection every 700 net allocations, and a full
+#: one, which stops the server for as long as it takes to scan every object
+#: (130 ms with 5,000 users and 50,000 stored messages), every 100 young
+#: ones: a few times in every 10 s at 5,000 messages/s, which was the whole
+#: p99 delivery there (113 ms, against 3.9 ms with these). Cycles of garbage
+#: live a little longer: at most 50,000 objects' worth.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
 class SettleMemory(Service):
     """Once started, moves every object that exists by then (modules, the
-    service tree) out of the garbage collector's sight: full collections then
-    scan only what connections create, and pause the server for less."""
+    service tree) out of the garbage collector's sight, so that full
+    collections scan only what connections create, and collects less often
+    (:data:`GC_THRESHOLDS`): the server pauses for less, and less often."""
 
     def startService(self) -> None:
         super().startService()
         gc.collect()
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
 
 
 def fail_startup(sentence: str) -> NoReturn:

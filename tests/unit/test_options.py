@@ -44,3 +44,18 @@ def test_directory_and_origins():
     )
     assert options["directory"] == "all"
     assert options.allowed_origins == ["https://a.example", "https://b.example"]
+
+
+def test_a_server_process_freezes_what_start_up_made_and_collects_less_often():
+    import gc
+
+    from chatserver.tap import GC_THRESHOLDS, SettleMemory
+
+    before = gc.get_threshold()
+    try:
+        SettleMemory().startService()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
