@@ -175,6 +175,13 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--workers needs --redis: workers reach each other's users through Redis"
             )
+        if self["workers"] > 1 and self["storage"] == "memory":
+            # Each worker would hold a store of its own: a message stored by
+            # one would be missing from another's history.
+            raise usage.UsageError(
+                "--workers needs a store the workers share: use --storage sqlite:FILE or "
+                "mongodb://..., not memory"
+            )
         if (self["workers"] > 1 or self["reuse-port"]) and (self["endpoint"] or not self["port"]):
             raise usage.UsageError("--workers and --reuse-port need a fixed --port (no --endpoint)")
         if self["directory"] not in ("contacts", "all", "none"):

@@ -59,3 +59,20 @@ def test_a_server_process_freezes_what_start_up_made_and_collects_less_often():
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_workers_refuse_a_store_each_would_hold_alone():
+    with pytest.raises(usage.UsageError, match="a store the workers share"):
+        parse(
+            "--port",
+            "4001",
+            "--workers",
+            "2",
+            "--redis",
+            "redis://127.0.0.1/0",
+            "--storage",
+            "memory",
+        )
+    assert (
+        parse("--port", "4001", "--workers", "2", "--redis", "redis://127.0.0.1/0")["workers"] == 2
+    )
