@@ -100,3 +100,19 @@ async def test_metrics_follow_a_chat_and_the_directory_lists_people(start):
     for client in (alice, bob):
         client.sendClose()
         await client.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_upgrade_over_tcp_hands_the_socket_to_the_websocket_protocol(start):
+    """The first request head is read by the port; a WebSocket's socket then
+    delivers straight to the WebSocket protocol (no reader in between), and
+    plain HTTP still reaches twisted.web on the same port."""
+    service, address = await start("--storage", "memory", "--dev-auth")
+    client = await connect(f"ws://{address}/any/path")
+    await client.authorize(id="alice")
+    [connection] = service.factory.connections
+    assert connection.transport.protocol is connection
+    code, body, _ = await get(f"http://{address}/health")
+    assert (code, orjson.loads(body)) == (200, {"status": "ok"})
+    client.sendClose()
+    await client.closed
