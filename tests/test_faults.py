@@ -169,7 +169,8 @@ async def test_wss_with_the_ssl_endpoint(tmp_path, make_server):
         f"ssl:0:interface=127.0.0.1:privateKey={tmp_path / 'key.pem'}"
         f":certKey={tmp_path / 'cert.pem'}"
     )
-    port = await serverFromString(reactor, description).listen(make_server().site)
+    app = make_server()
+    port = await serverFromString(reactor, description).listen(app.site)
     url = f"wss://localhost:{port.getHost().port}"
     trust = ssl.optionsForClientTLS("localhost", trustRoot=ssl.Certificate.loadPEM(cert_pem))
     clients = []
@@ -182,6 +183,8 @@ async def test_wss_with_the_ssl_endpoint(tmp_path, make_server):
         stored = await alice.send({"to": "bob", "text": "encrypted"})
         assert (await bob.next_push("chatMessage"))["_id"] == stored["_id"]
         assert alice.transport.getHandle().get_cipher_name()  # really TLS
+        # The TLS layer hands its bytes straight to each WebSocket protocol.
+        assert all(c.transport.wrappedProtocol is c for c in app.factory.connections)
     finally:
         for client in clients:
             client.sendClose()
