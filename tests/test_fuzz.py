@@ -5,6 +5,7 @@ without having logged a single unhandled error."""
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 
 import orjson
@@ -79,6 +80,96 @@ frames = st.one_of(
     st.integers(1, 3000).map(lambda n: (b"[" * n + b"]" * n, False)),
     st.integers(1, 3000).map(lambda n: (b'{"a":' * n + b"1" + b"}" * n, False)),
 )
+
+
+# Request heads: mostly a WebSocket handshake with parts replaced or added,
+# read first by the port's HeadReader and then by Autobahn (an Upgrade
+# header) or twisted.web (none).
+header_names = st.sampled_from(
+    [
+        b"Host",
+        b"Upgrade",
+        b"Connection",
+        b"Sec-WebSocket-Key",
+        b"Sec-WebSocket-Version",
+        b"Origin",
+        b"Sec-WebSocket-Protocol",
+        b"Sec-WebSocket-Extensions",
+        b"Content-Length",
+        b"Transfer-Encoding",
+        b"upgrade",
+        b"UPGRADE",
+        b"X-\xff\x00",
+        b"",
+        b" Upgrade",
+    ]
+)
+header_values = st.one_of(
+    st.sampled_from(
+        [
+            b"websocket",
+            b"Upgrade",
+            b"13",
+            b"8",
+            b"dGhlIHNhbXBsZSBub25jZQ==",
+            b"",
+            b"x" * 300,
+            b"https://evil.example",
+            b"null",
+            b"permessage-deflate; client_max_window_bits",
+            b"chunked",
+            b"-1",
+            b"99999999999999999999",
+            b"\xff\xfe",
+            b"websocket, h2c",
+        ]
+    ),
+    st.binary(max_size=60).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+)
+request_lines = st.one_of(
+    st.sampled_from(
+        [
+            b"GET / HTTP/1.1",
+            b"GET /chat?token=x HTTP/1.1",
+            b"POST / HTTP/1.1",
+            b"GET / HTTP/1.0",
+            b"GET / HTTP/2.0",
+            b"GET /%00 HTTP/1.1",
+            b"GET",
+            b"",
+            b"GET  HTTP/1.1",
+            b"\xff\xfe / HTTP/1.1",
+            b"GET /\xc3\x28 HTTP/1.1",
+            b"GET http://x/ HTTP/1.1",
+        ]
+    ),
+    st.binary(max_size=80).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+)
+VALID_HANDSHAKE = [
+    (b"Host", b"127.0.0.1"),
+    (b"Upgrade", b"websocket"),
+    (b"Connection", b"Upgrade"),
+    (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+    (b"Sec-WebSocket-Version", b"13"),
+]
+
+
+@st.composite
+def heads(draw: st.DrawFn) -> bytes:
+    headers = list(VALID_HANDSHAKE)
+    for _ in range(draw(st.integers(0, 4))):
+        change = draw(st.sampled_from(["replace", "drop", "add", "duplicate"]))
+        if change == "replace" and headers:
+            i = draw(st.integers(0, len(headers) - 1))
+            headers[i] = (headers[i][0], draw(header_values))
+        elif change == "drop" and headers:
+            headers.pop(draw(st.integers(0, len(headers) - 1)))
+        elif change == "add":
+            headers.append((draw(header_names), draw(header_values)))
+        elif headers:
+            headers.append(draw(st.sampled_from(headers)))
+    lines = [draw(request_lines), *(name + b": " + value for name, value in headers)]
+    return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
 class Harness:
@@ -201,3 +292,49 @@ def test_arbitrary_frames_never_hurt_the_server(harness):
     assert outcomes.get("reply", 0) > 0, outcomes
     assert outcomes.get("closed 1007", 0) > 0, outcomes
     assert outcomes.get("closed 1003", 0) > 0, outcomes
+
+
+def answer_to(port: int, head: bytes) -> bytes:
+    """Send ``head`` on a new connection; what the server answers before it
+    closes (or before a WebSocket it accepted is closed by us)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=REPLY_TIMEOUT) as sock:
+        sock.sendall(head)
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            try:
+                chunk = sock.recv(4096)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def test_arbitrary_request_heads_never_hurt_the_server(harness):
+    """Every head gets an HTTP answer (101 for a valid handshake, an error
+    status otherwise), never a traceback, and chat goes on."""
+    port = harness.server.port
+    statuses: dict[bytes, int] = {}
+
+    @settings(
+        max_examples=EXAMPLES // 3,
+        deadline=None,
+        derandomize=bool(os.environ.get("CI")),
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(head=heads())
+    def fuzz(head):
+        answer = answer_to(port, head)
+        assert answer[:7] == b"HTTP/1." and answer[8:9] == b" ", (head, answer[:200])
+        status = answer[9:12]
+        statuses[status] = statuses.get(status, 0) + 1
+        # 101, the page (a head without an Upgrade header is plain HTTP), the
+        # client's fault (4xx) or its HTTP version refused (505); never the
+        # server's own failure (500).
+        assert status[:1] in (b"1", b"2", b"4") or status == b"505", (head, answer[:200])
+        harness.still_chats()
+
+    fuzz()
+    assert statuses.get(b"101", 0) > 0, statuses
+    assert statuses.get(b"400", 0) > 0, statuses
