@@ -22,7 +22,7 @@ from twisted.internet.task import deferLater
 
 from chatserver.bench.processes import RedisServer, free_port
 from chatserver.client import ChatClientProtocol, connect
-from tests.processes import ROOT, ServerProcess
+from tests.processes import ServerProcess, make_group
 
 REDIS = "redis-server"
 #: The nodes' presence grace (RedisCluster's default).
@@ -55,44 +55,9 @@ def redis(tmp_path):
 def cluster(tmp_path, redis):
     """Start nodes on demand (all sharing one SQLite file and the Redis)."""
     db = tmp_path / "shared.sqlite3"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chatserver",
-            "groups",
-            "add",
-            "--allow-unknown",  # the nodes sign users in by the id they claim
-            "team",
-            "alice",
-            "bob",
-            "carol",
-            "--storage",
-            f"sqlite:{db}",
-        ],
-        env={"PYTHONPATH": str(ROOT)},
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chatserver",
-            "groups",
-            "add",
-            "--allow-unknown",
-            "crowd",
-            *CROWD,
-            "--storage",
-            f"sqlite:{db}",
-        ],
-        env={"PYTHONPATH": str(ROOT)},
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    # The nodes sign users in by the id they claim: members need no account.
+    make_group(f"sqlite:{db}", "team", "alice", "bob", "carol", cwd=tmp_path)
+    make_group(f"sqlite:{db}", "crowd", *CROWD, cwd=tmp_path)
     nodes: list[ServerProcess] = []
 
     def start() -> ServerProcess:

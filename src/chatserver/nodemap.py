@@ -14,6 +14,9 @@ From it follow the two decisions a node makes for the cluster:
   reload, or a reconnection to another node after a node died, does not
   flicker).
 
+A server without a cluster uses the same presence rules through
+:class:`LocalPresence`, a map of no other nodes.
+
 It does no I/O: :class:`~chatserver.cluster.RedisCluster` feeds it what the
 other nodes announce and what Redis says of their heartbeats, and it needs
 only a clock, so it runs as it is on ``twisted.internet.task.Clock``.
@@ -22,11 +25,14 @@ only a clock, so it runs as it is on ``twisted.internet.task.Clock``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 from chatserver.server import PRESENCE_GRACE, PresenceObserver
+
+if TYPE_CHECKING:
+    from chatserver.delivery import SessionRegistry
 
 
 class LocalUsers(Protocol):
@@ -235,3 +241,29 @@ class NodeMap:
     def _tell(self, user_id: str, online: bool) -> None:
         for observer in list(self.observers):
             observer.presence_changed(user_id, online)
+
+
+class LocalPresence(NodeMap):
+    """Presence for one node (no cluster): a map of no other nodes, following
+    the registry.
+
+    A user's first session is reported at once; their last session going is
+    reported after the grace (:data:`~chatserver.server.PRESENCE_GRACE`), and
+    not at all if they are back by then, so that a page reload does not
+    flicker offline and online. Within the grace they count as online.
+    """
+
+    def __init__(
+        self, registry: SessionRegistry, clock: IReactorTime, grace: float = PRESENCE_GRACE
+    ) -> None:
+        """
+        :param registry: the sessions of this node, told to report to it.
+        :param clock: schedules the grace before "offline".
+        :param grace: seconds between the last session going and "offline".
+        """
+        super().__init__(registry, clock, grace)
+        registry.observers.append(self)
+
+    # The registry's observer: its users are this node's.
+    user_arrived = NodeMap.local_arrived
+    user_left = NodeMap.local_left

@@ -11,8 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-
 from chatserver.delivery import Router, SessionRegistry
 from chatserver.errors import Ending
 from chatserver.events import EventEmitter, Listener
@@ -36,54 +34,6 @@ class Presence(Protocol):
 
     def online(self, user_ids: Iterable[str]) -> dict[str, bool]:
         """Whether each of ``user_ids`` has a session anywhere."""
-
-
-class LocalPresence:
-    """:class:`Presence` for one node: the registry knows everyone.
-
-    A user's first session is reported at once; their last session going is
-    reported after a grace (:data:`PRESENCE_GRACE`), and
-    not at all if they are back by then, so that a page reload does not
-    flicker offline and online. Within the grace they count as online.
-    """
-
-    def __init__(
-        self, registry: SessionRegistry, clock: IReactorTime, grace: float = PRESENCE_GRACE
-    ) -> None:
-        """
-        :param clock: schedules the grace before "offline".
-        :param grace: seconds between the last session going and "offline".
-        """
-        self._registry = registry
-        self._clock = clock
-        self._grace = grace
-        # User → the call that reports them offline when the grace is over.
-        self._leaving: dict[str, IDelayedCall] = {}
-        self.observers: list[PresenceObserver] = []
-        registry.observers.append(self)
-
-    def user_arrived(self, user_id: str) -> None:
-        leaving = self._leaving.pop(user_id, None)
-        if leaving is not None:
-            leaving.cancel()
-            return  # back within the grace: watchers never saw them go
-        self._tell(user_id, True)
-
-    def user_left(self, user_id: str) -> None:
-        if user_id not in self._leaving:
-            self._leaving[user_id] = self._clock.callLater(self._grace, self._gone, user_id)
-
-    def _gone(self, user_id: str) -> None:
-        del self._leaving[user_id]
-        self._tell(user_id, False)
-
-    def _tell(self, user_id: str, online: bool) -> None:
-        for observer in self.observers:
-            observer.presence_changed(user_id, online)
-
-    def online(self, user_ids: Iterable[str]) -> dict[str, bool]:
-        registry, leaving = self._registry, self._leaving
-        return {user_id: user_id in registry or user_id in leaving for user_id in user_ids}
 
 
 class ServerAPI:

@@ -36,9 +36,10 @@ from chatserver.interfaces import (
 )
 from chatserver.limits import Limits, PendingConnections
 from chatserver.metrics import ServerStats, metrics_registry
+from chatserver.nodemap import LocalPresence
 from chatserver.protocol import text_frame
 from chatserver.revocations import DEFAULT_INTERVAL, RevocationWatcher
-from chatserver.server import LocalPresence, Presence, ServerAPI
+from chatserver.server import Presence, ServerAPI
 from chatserver.site import READY_TIMEOUT, ChatRoot, ChatSite
 
 DIRECTORY_ACTION = "getUsersAndGroups"

@@ -7,8 +7,9 @@ from twisted.internet.task import Clock
 from chatserver.delivery import LocalRouter, SessionRegistry
 from chatserver.errors import Ending
 from chatserver.events import EventEmitter
+from chatserver.nodemap import LocalPresence
 from chatserver.protocol import text_frame
-from chatserver.server import LocalPresence, ServerAPI
+from chatserver.server import ServerAPI
 from chatserver.session import Session
 from tests.unit.fakes import Link
 

@@ -13,8 +13,9 @@ from chatserver import ChatError, CombinedStorage, IChatStorage, MemoryStorage, 
 from chatserver.delivery import LocalRouter, SessionRegistry
 from chatserver.events import EventEmitter
 from chatserver.handlers import ChatHandler
+from chatserver.nodemap import LocalPresence
 from chatserver.protocol import text_frame
-from chatserver.server import LocalPresence, ServerAPI
+from chatserver.server import ServerAPI
 from chatserver.session import Session
 from tests.unit.fakes import Link, demo_storage
 

@@ -6,6 +6,8 @@ publish, and counts what it could not publish (Redis is down) per node."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 from twisted.internet.task import Clock
 
@@ -160,12 +162,19 @@ NODE_2 = b"2" * 16
 NODE_3 = b"3" * 16
 
 
-def test_with_redis_down_a_push_counts_one_drop_per_other_node_holding_recipients():
+def node_with_alice(**options: object) -> tuple[Clock, RedisCluster, Any, Connection]:
+    """A node (its Redis unreachable: what it would publish counts as dropped)
+    on a fake clock, with alice signed in on it."""
     clock = Clock()
-    cluster = RedisCluster("redis://127.0.0.1:1/0", reactor=clock)
+    cluster = RedisCluster("redis://127.0.0.1:1/0", reactor=clock, **options)
     app, _ = server(clock, cluster=cluster)
     alice = Connection(app, clock)
     alice.request("authorize", {"token": "alice-token"})
+    return clock, cluster, app, alice
+
+
+def test_with_redis_down_a_push_counts_one_drop_per_other_node_holding_recipients():
+    _, cluster, app, alice = node_with_alice()
     alice.messages()
     announce(cluster, NODE_2, on=["bob"])
     announce(cluster, NODE_3, users=["carol", "bob"])
@@ -177,11 +186,8 @@ def test_with_redis_down_a_push_counts_one_drop_per_other_node_holding_recipient
 
 
 def test_pushes_published_for_this_node_reach_the_named_local_users():
-    clock = Clock()
-    cluster = RedisCluster("redis://127.0.0.1:1/0", reactor=clock)
-    app, _ = server(clock, cluster=cluster)
-    alice, bob = Connection(app, clock), Connection(app, clock)
-    alice.request("authorize", {"token": "alice-token"})
+    clock, cluster, app, alice = node_with_alice()
+    bob = Connection(app, clock)
     bob.request("authorize", {"token": "bob-token"})
     alice.messages(), bob.messages()
     payload = orjson.dumps({"type": "note", "data": {"n": 1}})
@@ -193,11 +199,7 @@ def test_pushes_published_for_this_node_reach_the_named_local_users():
 
 
 def test_watchers_here_hear_of_users_on_other_nodes_and_of_a_node_leaving():
-    clock = Clock()
-    cluster = RedisCluster("redis://127.0.0.1:1/0", reactor=clock, presence_grace=2.0)
-    app, _ = server(clock, cluster=cluster)
-    alice = Connection(app, clock)
-    alice.request("authorize", {"token": "alice-token"})
+    clock, cluster, _, alice = node_with_alice(presence_grace=2.0)
     alice.request("watchPresence", {"ids": ["bob"]}, request_id="w")
     assert alice.messages()[-1] == {"id": "w", "data": {"bob": False}}
     announce(cluster, NODE_2, on=["bob"])
@@ -210,11 +212,7 @@ def test_watchers_here_hear_of_users_on_other_nodes_and_of_a_node_leaving():
 
 
 def test_metrics_say_how_many_nodes_and_users_the_cluster_has():
-    clock = Clock()
-    cluster = RedisCluster("redis://127.0.0.1:1/0", reactor=clock)
-    app, _ = server(clock, cluster=cluster)
-    alice = Connection(app, clock)
-    alice.request("authorize", {"token": "alice-token"})
+    _, cluster, _, _ = node_with_alice()
     announce(cluster, NODE_2, users=["bob", "alice"])
     announce(cluster, NODE_3, on=["carol"])
     figures = {m.name: m.samples[0].value for m in cluster.collect()}

@@ -5,8 +5,9 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 
 from chatserver.delivery import SessionRegistry
+from chatserver.nodemap import LocalPresence
 from chatserver.protocol import text_frame
-from chatserver.server import PRESENCE_GRACE, LocalPresence
+from chatserver.server import PRESENCE_GRACE
 from chatserver.session import Session
 from tests.unit.fakes import Link
 
